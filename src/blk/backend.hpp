@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/uio.h>
+
 #include "interpart/result.hpp"
 
 namespace interpart::blk {
@@ -17,11 +19,17 @@ struct IoOp {
   std::uint16_t opcode;  // blk::Opcode
   std::uint16_t flags;   // blk::RequestFlags
   std::uint64_t offset;
-  std::byte* buffer;     // in the attachment's data area (read, write)
-  std::uint32_t length;
+  std::byte* buffer;     // in the attachment's data area (read, write), unless `iov` is set
+  std::uint32_t length;  // bytes (with `iov`: their sum)
   std::uint64_t cookie;
   std::int32_t buffer_slot = -1;  // registered buffer holding `buffer` (register_buffer), or -1
+  // Scattered buffers (a VM's request: guest pages); they stay valid until the operation ends.
+  const iovec* iov = nullptr;
+  std::uint32_t iov_count = 0;
 };
+
+// Copies between the device bytes at `dev` and an operation's buffers (memory backends).
+void copy_op_buffers(const IoOp& op, std::byte* dev, bool to_device);
 
 struct IoDone {
   std::uint64_t cookie;

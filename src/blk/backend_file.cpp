@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -40,22 +41,37 @@ namespace {
 
 constexpr int kHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;  // discard and write-zeroes: reads return zeroes
 
+// The buffers of a read or write from byte `skip` on, as at most `max` iovecs (a short transfer
+// goes on from where it stopped). Returns how many.
+int op_iov(const IoOp& op, std::uint64_t skip, iovec* out, int max) {
+  if (!op.iov) {
+    out[0] = {op.buffer + skip, op.length - skip};
+    return 1;
+  }
+  int n = 0;
+  for (std::uint32_t i = 0; i < op.iov_count && n < max; ++i) {
+    const std::size_t len = op.iov[i].iov_len;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    out[n++] = {static_cast<std::byte*>(op.iov[i].iov_base) + skip, len - skip};
+    skip = 0;
+  }
+  return n;
+}
+
 // Runs one operation with plain system calls; returns 0 or -errno.
 int run_sync(int fd, const IoOp& op) {
   std::uint64_t done = 0;
+  iovec iov[IOV_MAX];
   switch (op.opcode) {
     case kOpRead:
-      while (done < op.length) {
-        ssize_t n = ::pread(fd, op.buffer + done, op.length - done, static_cast<off_t>(op.offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return n == 0 ? -EIO : -errno;
-        done += static_cast<std::uint64_t>(n);
-      }
-      return 0;
     case kOpWrite:
       while (done < op.length) {
-        iovec iov{op.buffer + done, op.length - done};
-        ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(op.offset + done), (op.flags & kFlagFua) ? RWF_DSYNC : 0);
+        const int n_iov = op_iov(op, done, iov, IOV_MAX);
+        const off_t at = static_cast<off_t>(op.offset + done);
+        ssize_t n = op.opcode == kOpRead ? ::preadv(fd, iov, n_iov, at) : ::pwritev2(fd, iov, n_iov, at, (op.flags & kFlagFua) ? RWF_DSYNC : 0);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return n == 0 ? -EIO : -errno;
         done += static_cast<std::uint64_t>(n);
@@ -69,6 +85,25 @@ int run_sync(int fd, const IoOp& op) {
     default:
       return -EINVAL;
   }
+}
+
+// Finishes a read or write of which the first `done` bytes were transferred.
+int run_sync_rest(int fd, const IoOp& op, std::uint32_t done) {
+  if (!op.iov) {
+    IoOp rest = op;
+    rest.offset += done;
+    rest.buffer += done;
+    rest.length -= done;
+    return run_sync(fd, rest);
+  }
+  iovec iov[IOV_MAX];
+  const int n = op_iov(op, done, iov, IOV_MAX);
+  IoOp rest = op;
+  rest.offset += done;
+  rest.length -= done;
+  rest.iov = iov;
+  rest.iov_count = static_cast<std::uint32_t>(n);
+  return run_sync(fd, rest);
 }
 
 class PsyncBackend final : public Backend {
@@ -200,11 +235,13 @@ class UringBackend final : public Backend {
     const bool fixed = op.buffer_slot >= 0 && static_cast<std::size_t>(op.buffer_slot) < slots_.size() && slots_[op.buffer_slot];
     switch (op.opcode) {
       case kOpRead:
-        if (fixed) io_uring_prep_read_fixed(sqe, fd, op.buffer, op.length, op.offset, op.buffer_slot);
+        if (op.iov) io_uring_prep_readv(sqe, fd, op.iov, op.iov_count, op.offset);
+        else if (fixed) io_uring_prep_read_fixed(sqe, fd, op.buffer, op.length, op.offset, op.buffer_slot);
         else io_uring_prep_read(sqe, fd, op.buffer, op.length, op.offset);
         break;
       case kOpWrite:
-        if (fixed) io_uring_prep_write_fixed(sqe, fd, op.buffer, op.length, op.offset, op.buffer_slot);
+        if (op.iov) io_uring_prep_writev(sqe, fd, op.iov, op.iov_count, op.offset);
+        else if (fixed) io_uring_prep_write_fixed(sqe, fd, op.buffer, op.length, op.offset, op.buffer_slot);
         else io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFlagFua) sqe->rw_flags = RWF_DSYNC;
         break;
@@ -243,11 +280,7 @@ class UringBackend final : public Backend {
       if (op.opcode == kOpRead || op.opcode == kOpWrite) {
         if (res >= 0 && static_cast<std::uint32_t>(res) < op.length) {
           // Short transfer: finish the rest synchronously (rare: signals, page-cache pressure).
-          IoOp rest = op;
-          rest.offset += static_cast<std::uint32_t>(res);
-          rest.buffer += res;
-          rest.length -= static_cast<std::uint32_t>(res);
-          status = run_sync(fd_.get(), rest);
+          status = run_sync_rest(fd_.get(), op, static_cast<std::uint32_t>(res));
         }
       } else if (op.opcode > kOpWriteZeroes) {
         status = -EINVAL;
@@ -287,10 +320,11 @@ class UringBackend final : public Backend {
   // Buffered files: runs `op` here if it cannot wait for the device (see the top of this file).
   // False: it goes to io_uring.
   bool run_inline(const IoOp& op) {
-    if (op.opcode == kOpRead && nowait_reads_) {
-      iovec iov{op.buffer, op.length};
+    if (op.opcode == kOpRead && nowait_reads_ && op.iov_count <= IOV_MAX) {
+      iovec one{op.buffer, op.length};
+      const iovec* iov = op.iov ? op.iov : &one;
       // All of it from the page cache, or nothing inline (EAGAIN or short: io_uring reads it).
-      const ssize_t n = ::preadv2(fd_.get(), &iov, 1, static_cast<off_t>(op.offset), RWF_NOWAIT);
+      const ssize_t n = ::preadv2(fd_.get(), iov, op.iov ? static_cast<int>(op.iov_count) : 1, static_cast<off_t>(op.offset), RWF_NOWAIT);
       if (n == static_cast<ssize_t>(op.length)) {
         inline_done_.push_back({op.cookie, 0, op.length});
         return true;

@@ -42,8 +42,8 @@ class MemoryBackend final : public SyncBackend {
   std::uint64_t capacity() const override { return capacity_; }
   int submit(const IoOp& op) override {
     switch (op.opcode) {
-      case kOpRead: std::memcpy(op.buffer, base_ + op.offset, op.length); break;
-      case kOpWrite: std::memcpy(base_ + op.offset, op.buffer, op.length); break;
+      case kOpRead: copy_op_buffers(op, base_ + op.offset, false); break;
+      case kOpWrite: copy_op_buffers(op, base_ + op.offset, true); break;
       case kOpFlush: break;
       case kOpDiscard:
       case kOpWriteZeroes: zero(op.offset, op.length); break;
@@ -84,6 +84,19 @@ class NullBackend final : public SyncBackend {
 };
 
 }  // namespace
+
+void copy_op_buffers(const IoOp& op, std::byte* dev, bool to_device) {
+  if (!op.iov) {
+    if (to_device) std::memcpy(dev, op.buffer, op.length);
+    else std::memcpy(op.buffer, dev, op.length);
+    return;
+  }
+  for (std::uint32_t i = 0; i < op.iov_count; ++i) {
+    if (to_device) std::memcpy(dev, op.iov[i].iov_base, op.iov[i].iov_len);
+    else std::memcpy(op.iov[i].iov_base, dev, op.iov[i].iov_len);
+    dev += op.iov[i].iov_len;
+  }
+}
 
 std::unique_ptr<Backend> make_memory_backend(std::uint64_t capacity) {
   auto b = std::make_unique<MemoryBackend>(capacity);

@@ -17,105 +17,12 @@
 #include <cstring>
 #include <deque>
 
-#include "blk/backend.hpp"
-#include "blk/qos.hpp"
-#include "blk/queue.hpp"
-#include "blk/request.hpp"
+#include "blk/driver_impl.hpp"
 #include "common/log.hpp"
-#include "fabric/partition_state.hpp"
 #include "fabric/wire.hpp"
-#include "interpart/interpart.hpp"
 #include "ring/doorbell.hpp"
 
 namespace interpart::blk {
-
-namespace {
-
-constexpr unsigned kBudgetPerWeight = 16;  // requests per queue and pass, per unit of weight
-constexpr std::int64_t kSpinNs = 20'000;
-
-struct QueueRun {
-  QueueView v;
-  SlotConsumer sq;
-  SlotProducer cq;
-  UniqueFd my_bell;      // the client rings it for submissions
-  UniqueFd client_bell;  // we ring it for completions
-  std::deque<Completion> backlog;  // completions the client has no room for yet
-  bool dirty = false;
-};
-
-struct AttachmentRun {
-  std::uint32_t index = 0;
-  std::uint32_t generation = 0;
-  bool live = false;
-  bool broken = false;
-  std::shared_ptr<shm::Mapping> map;  // shared with in-flight operations of this generation
-  std::byte* data = nullptr;
-  Geometry geometry;
-  Qos qos;                         // weight, IOPS and bandwidth ceilings
-  std::int64_t throttled_until = 0;  // a request waits in its ring until then (monotonic ns)
-  std::vector<QueueRun> queues;
-};
-
-struct DeviceRun {
-  std::uint32_t index = 0;
-  std::string name;
-  std::unique_ptr<Backend> backend;
-  UniqueFd bell;
-  std::vector<AttachmentRun> attachments;
-  std::deque<IoOp> overflow;  // accepted, waiting for room in the backend
-};
-
-// What a backend operation belongs to (its cookie indexes these).
-struct OpRecord {
-  std::uint32_t device, attachment, generation, queue, tag, seq;
-  std::int64_t start_ns;
-  std::shared_ptr<shm::Mapping> keep;  // the data area stays mapped until the operation ends
-};
-
-}  // namespace
-
-struct Driver::Impl {
-  DriverOptions options;
-  Partition partition;
-  std::shared_ptr<detail::PartitionState> state;
-  std::vector<DeviceRun> devices;
-  std::vector<OpRecord> ops;
-  std::vector<std::uint64_t> free_ops;
-  std::vector<std::uint32_t> finished_tags;  // publish()'s scratch: tags whose completions it published
-  UniqueFd epoll;
-  UniqueFd stop;
-  std::atomic<bool> stopping{false};
-  bool manager_gone = false;  // its connection hung up: run() ends with 1, for a supervisor to restart us
-  std::int64_t manager_checked_ns = 0;
-  // Whether the manager's connection hung up (looked at now and then by a driver too busy to sleep).
-  bool manager_hung_up() {
-    pollfd p{state->sock.get(), POLLRDHUP, 0};
-    return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR));
-  }
-
-  Result<void> serve_devices();
-  void sync_attachments(DeviceRun& d);
-  Result<void> open_attachment(DeviceRun& d, AttachmentRun& a);
-  void break_attachment(DeviceRun& d, AttachmentRun& a, const char* why);
-  bool take_requests(DeviceRun& d, AttachmentRun& a);
-  // `now`: when the request was taken (its latency counts from there).
-  void start_op(DeviceRun& d, AttachmentRun& a, std::uint32_t q, std::uint32_t tag, const Request& r, std::int64_t now);
-  void complete(AttachmentRun& a, std::uint32_t q, std::uint32_t tag, std::uint32_t seq, int status, std::uint32_t result);
-  static void count(QueueRun& r, const Request& req, int status, std::int64_t start_ns);
-  bool reap(DeviceRun& d);
-  void publish(DeviceRun& d);
-  bool pass();
-  void sleep();
-  // A device's attachments are consecutive in the table: its k-th is first_attachment + k, and
-  // k is also the attachment's registered-buffer slot in the backend.
-  static unsigned slot_of(const DeviceRun& d, const AttachmentRun& a) { return a.index - d.attachments.front().index; }
-  void watch(int fd) {
-    epoll_event ev{EPOLLIN, {}};
-    ev.data.fd = fd;
-    ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev);
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -230,6 +137,7 @@ Result<void> Driver::Impl::serve_devices() {
     watch(d.bell.get());
     if (d.backend->completion_fd() >= 0) watch(d.backend->completion_fd());
     devices.push_back(std::move(d));
+    if (auto r = open_vm_clients(devices.back(), static_cast<std::uint32_t>(devices.size() - 1)); !r) return r.error();
   }
   if (devices.empty()) return make_error(ENOENT, "image " + options.image + " serves no device in this fabric");
   return {};
@@ -300,6 +208,7 @@ Result<void> Driver::Impl::open_attachment(DeviceRun& d, AttachmentRun& a) {
 void Driver::Impl::sync_attachments(DeviceRun& d) {
   const table::ControlView& ctl = state->ctl;
   for (AttachmentRun& a : d.attachments) {
+    if (a.vm) continue;
     const table::AttachmentState st = ctl.attachment_state(a.index);
     const bool client_here = st.client == table::SideState::open;
     if (client_here && (!a.live || a.generation != st.generation) && !(a.broken && a.generation == st.generation)) {
@@ -325,19 +234,21 @@ void Driver::Impl::break_attachment(DeviceRun& d, AttachmentRun& a, const char* 
 
 void Driver::Impl::start_op(DeviceRun& d, AttachmentRun& a, std::uint32_t q, std::uint32_t tag, const Request& r, std::int64_t now) {
   a.queues[q].v.tag_state[tag].store(accepted_state(r.seq), std::memory_order_release);
-  std::uint64_t id;
-  OpRecord rec{d.index, a.index, a.generation, q, tag, r.seq, now, a.map};
-  if (!free_ops.empty()) {
-    id = free_ops.back();
-    free_ops.pop_back();
-    ops[id] = std::move(rec);
-  } else {
-    id = ops.size();
-    ops.push_back(std::move(rec));
-  }
+  const std::uint64_t id = new_op(OpRecord{d.index, a.index, a.generation, q, tag, r.seq, kNoVmRequest, now, a.map});
   const bool data = r.opcode == kOpRead || r.opcode == kOpWrite;
   IoOp op{r.opcode, r.flags, r.offset, data ? a.data + r.buffer : nullptr, r.length, id, data ? static_cast<std::int32_t>(slot_of(d, a)) : -1};
   if (!d.overflow.empty() || d.backend->submit(op) == -EAGAIN) d.overflow.push_back(op);
+}
+
+std::uint64_t Driver::Impl::new_op(OpRecord rec) {
+  if (!free_ops.empty()) {
+    const std::uint64_t id = free_ops.back();
+    free_ops.pop_back();
+    ops[id] = std::move(rec);
+    return id;
+  }
+  ops.push_back(std::move(rec));
+  return ops.size() - 1;
 }
 
 void Driver::Impl::complete(AttachmentRun& a, std::uint32_t q, std::uint32_t tag, std::uint32_t seq, int status, std::uint32_t result) {
@@ -376,7 +287,7 @@ bool Driver::Impl::take_requests(DeviceRun& d, AttachmentRun& a) {
         continue;
       }
       if (int v = validate(req, a.geometry); v != 0) {
-        count(r, req, v, ring::monotonic_ns());
+        count(r.v.ctl->counters, req.opcode, req.length, v, now);
         complete(a, q, tag, req.seq, v, 0);
         continue;
       }
@@ -390,12 +301,11 @@ bool Driver::Impl::take_requests(DeviceRun& d, AttachmentRun& a) {
   return work;
 }
 
-void Driver::Impl::count(QueueRun& r, const Request& req, int status, std::int64_t start_ns) {
-  DriverCounters& c = r.v.ctl->counters;
+void Driver::Impl::count(DriverCounters& c, std::uint16_t opcode, std::uint32_t bytes, int status, std::int64_t start_ns) {
   auto bump = [](std::atomic<std::uint64_t>& a, std::uint64_t n) { a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); };
   if (status != 0) bump(c.errors, 1);
-  else if (req.opcode == kOpRead) bump(c.reads, 1), bump(c.bytes_read, req.length);
-  else if (req.opcode == kOpWrite) bump(c.writes, 1), bump(c.bytes_written, req.length);
+  else if (opcode == kOpRead) bump(c.reads, 1), bump(c.bytes_read, bytes);
+  else if (opcode == kOpWrite) bump(c.writes, 1), bump(c.bytes_written, bytes);
   else bump(c.others, 1);
   const std::int64_t us = (ring::monotonic_ns() - start_ns) / 1000;
   int bucket = 0;
@@ -411,12 +321,18 @@ bool Driver::Impl::reap(DeviceRun& d) {
   if (d.backend->reap(done) == 0) return false;
   for (const IoDone& x : done) {
     OpRecord& rec = ops[x.cookie];
+    if (rec.vm_request != kNoVmRequest) {
+      const std::uint32_t request = rec.vm_request;
+      free_ops.push_back(x.cookie);
+      vm_part_done(request, x.status);
+      continue;
+    }
     AttachmentRun& a = d.attachments[rec.attachment - d.attachments.front().index];  // see slot_of()
     if (a.live && a.generation == rec.generation) {
       QueueRun& r = a.queues[rec.queue];
       Request req;
       std::memcpy(&req, &r.v.requests[rec.tag], sizeof req);  // for the counters only
-      count(r, req, x.status, rec.start_ns);
+      count(r.v.ctl->counters, req.opcode, req.length, x.status, rec.start_ns);
       complete(a, rec.queue, rec.tag, rec.seq, x.status, static_cast<std::uint32_t>(x.result));
     }
     rec.keep.reset();
@@ -453,12 +369,15 @@ void Driver::Impl::publish(DeviceRun& d) {
 
 bool Driver::Impl::pass() {
   bool work = false;
+  if (vm_epoll && ring::monotonic_ns() - vm_sockets_checked_ns > 1'000'000) serve_vm_sockets();  // (a busy driver never sleeps on them)
   for (DeviceRun& d : devices) {
     sync_attachments(d);
     for (AttachmentRun& a : d.attachments)
       if (a.live && !a.broken) work |= take_requests(d, a);
+    for (auto& vm : d.vms) work |= take_vm_requests(d, *vm);
     work |= reap(d);
     publish(d);
+    notify_vms(d);
   }
   return work;
 }
@@ -471,7 +390,11 @@ void Driver::Impl::sleep() {
   for (DeviceRun& d : devices)
     for (AttachmentRun& a : d.attachments)
       if (a.live && !a.broken && a.throttled_until > now) wake_ns = std::min(wake_ns, a.throttled_until - now);
+  for (DeviceRun& d : devices)
+    for (auto& vm : d.vms)
+      if (vm->session && vm->throttled_until > now) wake_ns = std::min(wake_ns, vm->throttled_until - now);
   auto submissions = [&] {
+    if (vm_submissions()) return true;
     for (DeviceRun& d : devices)
       for (AttachmentRun& a : d.attachments)
         if (servable(a))
@@ -497,12 +420,17 @@ void Driver::Impl::sleep() {
   full_fence();  // our flags before the re-check of the submission indices
   bool armed = true;
   for (DeviceRun& d : devices) armed &= d.backend->arm_sleep();  // completions already there: no sleep
+  armed &= vm_arm_kicks();  // (false: a guest made requests available meanwhile)
   if (armed && !submissions()) {
     epoll_event evs[32];
     const int timeout_ms = static_cast<int>((wake_ns + 999'999) / 1'000'000);
     const int n = ::epoll_wait(epoll.get(), evs, 32, timeout_ms);
     for (int i = 0; i < n; ++i) {
       if (evs[i].data.fd == stop.get()) stopping.store(true);
+      if (vm_epoll && evs[i].data.fd == vm_epoll.get()) {
+        serve_vm_sockets();
+        continue;
+      }
       if (evs[i].data.fd == state->sock.get()) {
         manager_gone = true, stopping.store(true);
         continue;  // (never read here: calls to the manager read their answers)

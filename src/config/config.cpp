@@ -231,7 +231,7 @@ void parse_images(Checker& c, const toml::table& root, Fabric& f) {
   std::map<std::string, Location> names;
   std::map<std::int64_t, Location> ids;
   each_table(c, root, "images", [&](const toml::table& t, const std::string& field, Location at) {
-    c.only_keys(t, field + ".", {"name", "id", "uid", "gid", "namespaces", "mediated"});
+    c.only_keys(t, field + ".", {"name", "id", "uid", "gid", "namespaces", "mediated", "kind"});
     Image img;
     img.where = at;
     bool ok = true;
@@ -258,6 +258,13 @@ void parse_images(Checker& c, const toml::table& root, Fabric& f) {
     if (auto* v = c.need(t, at, "gid", field + ".gid")) img.gid = c.ident(*v, field + ".gid", true).value_or(0);
     if (auto* v = t.get("namespaces")) img.namespaces = parse_namespaces(c, *v, field + ".namespaces");
     if (auto* v = t.get("mediated")) img.mediated = c.boolean(*v, field + ".mediated").value_or(false);
+    if (auto* v = t.get("kind")) {
+      if (auto k = c.string(*v, field + ".kind")) {
+        if (*k == "vm") img.vm = true;
+        else if (*k != "processes") c.error(*v, field + ".kind", "must be \"processes\" or \"vm\", not \"" + *k + "\"");
+        if (img.vm && img.mediated) c.error(*v, field + ".kind", "a VM image cannot be mediated: its devices share guest memory with the I/O partition");
+      }
+    }
     if (ok) {
       if (f.images.size() == kMaxImages) c.error(at, field, "more than 64 images in one fabric");
       else f.images.push_back(std::move(img));
@@ -449,7 +456,7 @@ void parse_qos(Checker& c, const toml::node& n, const std::string& field, Qos& q
 void parse_devices(Checker& c, const toml::table& root, Fabric& f) {
   std::map<std::string, Location> names;
   each_table(c, root, "devices", [&](const toml::table& t, const std::string& field, Location at) {
-    c.only_keys(t, field + ".", {"name", "image", "backend", "path", "size", "block_size", "queues", "depth", "data_size", "direct", "io_timeout", "clients", "qos"});
+    c.only_keys(t, field + ".", {"name", "image", "backend", "path", "size", "block_size", "queues", "depth", "data_size", "direct", "io_timeout", "clients", "qos", "vhost_user"});
     Device d;
     d.where = at;
     if (auto* v = c.need(t, at, "name", field + ".name")) {
@@ -547,6 +554,26 @@ void parse_devices(Checker& c, const toml::table& root, Fabric& f) {
           else parse_qos(c, qv, qfield, it->qos);
         }
     }
+    if (auto* v = t.get("vhost_user")) {
+      const toml::table* vt = v->as_table();
+      if (!vt) c.error(*v, field + ".vhost_user", std::string("must be a table of VM image = \"socket path\", not ") + type_name(*v));
+      else
+        for (auto&& [k, pv] : *vt) {
+          const std::string client(k.str());
+          const std::string vfield = field + ".vhost_user." + client;
+          auto it = std::find_if(d.clients.begin(), d.clients.end(), [&](const DeviceClient& dc) { return f.images[dc.image].name == client; });
+          auto path = c.string(pv, vfield);
+          if (!path) continue;
+          if (it == d.clients.end()) c.error(pv, vfield, "\"" + client + "\" is not a client of this device");
+          else if (!f.images[it->image].vm) c.error(pv, vfield, "\"" + client + "\" is not a VM image (kind = \"vm\"): it opens the device as a process does");
+          else if (path->empty() || (*path)[0] != '/' || path->size() >= 108) c.error(pv, vfield, "must be an absolute socket path shorter than 108 bytes");
+          else it->vhost_user = *path;
+        }
+    }
+    for (const DeviceClient& dc : d.clients)
+      if (f.images[dc.image].vm && dc.vhost_user.empty())
+        c.error(at, field + ".vhost_user." + f.images[dc.image].name, "VM client \"" + f.images[dc.image].name + "\" needs the path of its vhost-user socket");
+    if (image_ok && f.images[d.image].vm) c.error(at, field + ".image", "a VM image cannot be a device's I/O partition");
     f.devices.push_back(std::move(d));
   });
 }

@@ -38,6 +38,10 @@ struct Image {
   // (the manager's data mover copies between them) and it may not map a segment another
   // image maps, nor be a block device's client or I/O partition.
   bool mediated = false;
+  // A virtual machine (`kind = "vm"`): its VMM (e.g. QEMU) runs as the image's uid and reaches
+  // the devices it is a client of over vhost-user-blk sockets (Device::clients[].vhost_user);
+  // it attaches no process to the fabric.
+  bool vm = false;
   Location where;
 };
 
@@ -76,6 +80,7 @@ struct DeviceClient {
   std::uint32_t image = 0;  // image index
   bool writable = false;
   Qos qos;
+  std::string vhost_user;   // a VM client: the vhost-user socket path its VMM connects to
 };
 
 // A block device served by an I/O partition to client images (shared I/O driver).

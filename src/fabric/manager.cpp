@@ -120,6 +120,7 @@ Result<void> Manager::Impl::setup() {
   stop_fd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!epoll || !stop_fd) return make_error(errno, "epoll/eventfd");
   if (auto r = open_socket(); !r) return r;
+  if (auto r = open_vhost_sockets(); !r) return r;
   watch(kEvListen, listen_sock.get());
   watch(kEvStop, stop_fd.get());
   return {};
@@ -237,6 +238,7 @@ void Manager::Impl::on_conn(int fd) {
     case wire::kOpenDevice:
     case wire::kServeDevice:
     case wire::kOpenAttachment:
+    case wire::kOpenVmAttachment:
     case wire::kCloseDevice: {
       if (len != sizeof(wire::DeviceRequest)) return refuse("malformed device request");
       wire::DeviceRequest req;
@@ -244,6 +246,7 @@ void Manager::Impl::on_conn(int fd) {
       if (h.type == wire::kOpenDevice) return handle_open_device(c, req);
       if (h.type == wire::kServeDevice) return handle_serve_device(c, req);
       if (h.type == wire::kCloseDevice) return handle_close_device(c, req);
+      if (h.type == wire::kOpenVmAttachment) return handle_open_vm_attachment(c, req);
       return handle_open_attachment(c, req);
     }
     case wire::kListen: {

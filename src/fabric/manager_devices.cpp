@@ -51,6 +51,9 @@ void Manager::Impl::handle_open_device(Conn& c, const wire::DeviceRequest& req) 
   const int att = ctl.find_attachment(static_cast<std::uint32_t>(dev), static_cast<std::uint32_t>(c.image));
   if (att < 0) return reply_status(c, -EACCES, "image " + image_name(c.image) + " is not a client of device " + name);
   const auto uatt = static_cast<std::uint32_t>(att);
+  if (ctl.attachment(uatt).flags & table::kAttachVm)
+    return reply_status(c, -EACCES, "image " + image_name(c.image) + " is a VM: its VMM reaches device " + name + " over vhost-user at " +
+                                        vhost_sockets[uatt].path);
   table::AttachmentState st = ctl.attachment_state(uatt);
   if (st.client == table::SideState::open)
     return reply_status(c, -EBUSY, "device " + name + " is already open by " + image_name(c.image) + " (pid " +
@@ -165,10 +168,63 @@ void Manager::Impl::handle_open_attachment(Conn& c, const wire::DeviceRequest& r
   reply_device(c, rep, fds);
 }
 
+// A driver takes up a VM client of a device it serves: the attachment (its counters; a fresh
+// generation the first time) and the VM's vhost-user socket, which stays ours across drivers.
+void Manager::Impl::handle_open_vm_attachment(Conn& c, const wire::DeviceRequest& req) {
+  const std::uint32_t att = req.index;
+  if (att >= ctl.attachment_count() || !(ctl.attachment(att).flags & table::kAttachVm))
+    return reply_status(c, -ENOENT, "no VM attachment " + std::to_string(att));
+  table::AttachmentEntry& a = ctl.attachment(att);
+  if (std::find(c.serves.begin(), c.serves.end(), a.device) == c.serves.end())
+    return reply_status(c, -EACCES, "this process does not serve the device of attachment " + std::to_string(att));
+  table::AttachmentState st = ctl.attachment_state(att);
+  if (!attachments[att].live) {
+    st.generation += 1;
+    if (auto r = recreate_attachment(att, st.generation); !r) return reply_status(c, -r.error().code, r.error().message());
+    st.client = table::SideState::open;
+  }
+  st.driver = table::SideState::open;
+  set_attachment_state(att, st);
+  a.driver_pid.store(static_cast<std::uint32_t>(c.pid), std::memory_order_relaxed);
+  wire::DeviceReply rep{};
+  rep.h = wire::header(wire::kDeviceReply, sizeof rep);
+  rep.device = a.device;
+  rep.attachment = att;
+  rep.generation = st.generation;
+  rep.segment_bytes = a.segment_bytes;
+  rep.queues = ctl.device(a.device).queues;
+  reply_device(c, rep, {attachments[att].seg.get(), vhost_sockets[att].listener.get()});
+}
+
+Result<void> Manager::Impl::open_vhost_sockets() {
+  vhost_sockets.resize(ctl.attachment_count());
+  for (std::size_t d = 0; d < fabric.devices.size(); ++d) {
+    for (const config::DeviceClient& cl : fabric.devices[d].clients) {
+      if (cl.vhost_user.empty()) continue;
+      const int att = ctl.find_attachment(static_cast<std::uint32_t>(d), cl.image);
+      if (att < 0) continue;
+      VhostSocket& v = vhost_sockets[static_cast<std::size_t>(att)];
+      auto s = listen_on_path(cl.vhost_user, SOCK_STREAM, 0600, static_cast<gid_t>(-1), &v.inode);
+      if (!s) return Error{s.code(), "vhost-user socket of " + image_name(static_cast<int>(cl.image)) + " for device " + fabric.devices[d].name + ": " + s.error().message()};
+      // Only the VM's uid may connect (the driver checks SO_PEERCRED as well).
+      const config::Image& img = fabric.images[cl.image];
+      if (::chown(cl.vhost_user.c_str(), img.uid, img.gid) != 0 && img.uid != ::geteuid())
+        return make_error(errno, "cannot give " + cl.vhost_user + " to uid " + std::to_string(img.uid) + " (the manager needs root for that)");
+      v.listener = std::move(*s);
+      v.path = cl.vhost_user;
+      IP_LOG_INFO("device %s: vhost-user socket for VM %s at %s", fabric.devices[d].name.c_str(), img.name.c_str(), v.path.c_str());
+    }
+  }
+  return {};
+}
+
 Manager::Manager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Manager::~Manager() {
-  if (impl_) remove_socket_path(impl_->socket_path, impl_->socket_inode);
+  if (!impl_) return;
+  remove_socket_path(impl_->socket_path, impl_->socket_inode);
+  for (const VhostSocket& v : impl_->vhost_sockets)
+    if (!v.path.empty()) remove_socket_path(v.path, v.inode);
 }
 
 }  // namespace interpart::fabric

@@ -121,6 +121,14 @@ struct AttachmentInstance {
   std::vector<UniqueFd> driver_bell;  // per queue: the driver sleeps on it
 };
 
+// A VM client's vhost-user socket (config devices[].vhost_user): made at `up`, handed to each
+// driver that serves the device, so that a restarted driver listens on the same socket.
+struct VhostSocket {
+  UniqueFd listener;
+  std::string path;
+  ino_t inode = 0;
+};
+
 struct DeviceServer {
   int conn = -1;     // socket fd of the driver serving it, -1 if none
   UniqueFd bell;     // rung on every change of the device's attachments
@@ -244,6 +252,7 @@ struct Manager::Impl {
   // the control segment has no room for them).
   std::vector<std::array<std::array<std::uint64_t, ring::kLatencyBuckets>, 2>> retired_latency;
   std::vector<AttachmentInstance> attachments;
+  std::vector<VhostSocket> vhost_sockets;  // by attachment (empty for process clients)
   std::vector<DeviceServer> devices;
   std::vector<ListenerRun> listeners;
   std::unordered_map<int, std::unique_ptr<Conn>> conns;  // by socket fd
@@ -260,6 +269,8 @@ struct Manager::Impl {
   Result<void> setup();
   Result<void> create_segments();
   Result<void> open_socket();
+  Result<void> open_vhost_sockets();
+  void handle_open_vm_attachment(Conn& c, const wire::DeviceRequest& req);
   void watch(std::uint32_t kind, int fd);
 
   void on_accept();

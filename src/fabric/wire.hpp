@@ -60,6 +60,8 @@ enum Type : std::uint16_t {
                           // aside for it (ConnectReply.reserved); no answer: a refusal resets the slot
   kAcceptClaim = 25,  // AcceptClaim (kNoReply): this process took the grant of a waiting connection
                       // from its listener socket; side 1 is now its own
+  kOpenVmAttachment = 26,  // DeviceRequest{index = attachment} (I/O partition) -> DeviceReply + fds:
+                           //   the attachment segment (its counters), the VM's vhost-user listening socket
   kStatus = 100,      // StatusReply: the answer to anything that failed, and to close/report
   kAttachReply = 101,
   kChannelReply = 102,

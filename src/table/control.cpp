@@ -206,12 +206,14 @@ void build(const config::Fabric& f, std::byte* base, std::size_t size, std::uint
       auto* a = new (base + o.attachments + att * sizeof(AttachmentEntry)) AttachmentEntry{};
       a->device = static_cast<std::uint32_t>(i);
       a->client = c.image;
-      a->flags = c.writable ? kAttachWritable : 0;
+      const bool vm = f.images[c.image].vm;
+      a->flags = (c.writable ? kAttachWritable : 0) | (vm ? kAttachVm : 0);
       a->segment = kAttachmentSegmentBase + att;
       a->weight = c.qos.weight;
       a->iops_limit = c.qos.iops_limit;
       a->bandwidth_limit = c.qos.bandwidth_limit;
-      a->segment_bytes = blk::attachment_bytes(d.queues, d.depth, d.data_size);
+      // A VM's data is in its guest memory: its segment holds the queue blocks (counters) only.
+      a->segment_bytes = blk::attachment_bytes(d.queues, d.depth, vm ? 0 : d.data_size);
       a->state.store(AttachmentState{}.encode(), std::memory_order_relaxed);
       SegmentEntry& s = segs[row++];
       s = SegmentEntry{};

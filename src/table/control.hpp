@@ -188,6 +188,7 @@ struct AttachmentEntry {
   std::uint8_t reserved[128 - 64];
 };
 inline constexpr std::uint32_t kAttachWritable = 1;
+inline constexpr std::uint32_t kAttachVm = 2;  // the client is a VM: the driver serves it over vhost-user, not this segment's rings
 
 // Generation and both ends' states of an attachment, in one atomic word.
 struct AttachmentState {

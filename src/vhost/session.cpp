@@ -1,0 +1,345 @@
+#include "vhost/session.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/log.hpp"
+
+namespace interpart::vhost {
+
+namespace {
+
+constexpr std::uint32_t kMaxPayload = 4096;  // the largest message (GET_CONFIG, SET_MEM_TABLE) is far smaller
+constexpr std::size_t kMaxHeldFds = 16;
+
+const char* request_name(std::uint32_t r) {
+  switch (r) {
+    case kGetFeatures: return "GET_FEATURES";
+    case kSetFeatures: return "SET_FEATURES";
+    case kSetOwner: return "SET_OWNER";
+    case kResetOwner: return "RESET_OWNER";
+    case kSetMemTable: return "SET_MEM_TABLE";
+    case kSetVringNum: return "SET_VRING_NUM";
+    case kSetVringAddr: return "SET_VRING_ADDR";
+    case kSetVringBase: return "SET_VRING_BASE";
+    case kGetVringBase: return "GET_VRING_BASE";
+    case kSetVringKick: return "SET_VRING_KICK";
+    case kSetVringCall: return "SET_VRING_CALL";
+    case kSetVringErr: return "SET_VRING_ERR";
+    case kGetProtocolFeatures: return "GET_PROTOCOL_FEATURES";
+    case kSetProtocolFeatures: return "SET_PROTOCOL_FEATURES";
+    case kGetQueueNum: return "GET_QUEUE_NUM";
+    case kSetVringEnable: return "SET_VRING_ENABLE";
+    case kGetConfig: return "GET_CONFIG";
+    case kSetConfig: return "SET_CONFIG";
+    default: return "(unknown)";
+  }
+}
+
+template <class T>
+bool payload_as(const MsgHeader& h, const std::byte* p, T* out) {
+  if (h.size != sizeof(T)) return false;
+  std::memcpy(out, p, sizeof(T));
+  return true;
+}
+
+}  // namespace
+
+Session::Session(UniqueFd sock, SessionHost* host, std::string name) : sock_(std::move(sock)), host_(host), name_(std::move(name)) {
+  vrings_.resize(host_->max_queues());
+}
+
+// Reads message by message: a message's descriptors come with its first bytes, so reading
+// exactly up to each boundary gives each message its own.
+bool Session::on_readable(std::string* why) {
+  while (pending_base_ < 0) {
+    std::size_t want = sizeof(MsgHeader) - std::min(buf_.size(), sizeof(MsgHeader));
+    if (want == 0) {
+      MsgHeader h;
+      std::memcpy(&h, buf_.data(), sizeof h);
+      if ((h.flags & 0x3) != kFlagVersion) return *why = "protocol version " + std::to_string(h.flags & 0x3) + " (this back-end speaks 1)", false;
+      if (h.size > kMaxPayload) return *why = std::string(request_name(h.request)) + " with a " + std::to_string(h.size) + "-byte payload", false;
+      want = sizeof h + h.size - buf_.size();
+      if (want == 0) {
+        std::vector<UniqueFd> fds = std::move(fds_);
+        fds_.clear();
+        std::vector<std::byte> msg = std::move(buf_);
+        buf_.clear();
+        if (!dispatch(h, msg.data() + sizeof h, fds, why)) return false;
+        continue;  // (descriptors the request did not take close here)
+      }
+    }
+    std::byte chunk[kMaxPayload + sizeof(MsgHeader)];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxHeldFds)];
+    iovec iov{chunk, want};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(sock_.get(), &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n <= 0) return *why = n == 0 ? "the front-end closed the connection" : std::string("recvmsg: ") + std::strerror(errno), false;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < k; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds_.emplace_back(fd);
+      }
+    }
+    if (m.msg_flags & MSG_CTRUNC) return *why = "a message with more descriptors than any request carries", false;
+    buf_.insert(buf_.end(), chunk, chunk + n);
+  }
+  return true;
+}
+
+bool Session::reply(const MsgHeader& req, const void* payload, std::uint32_t size, int fd) {
+  MsgHeader h{req.request, kFlagVersion | kFlagReply, size};
+  std::byte out[sizeof h + kMaxConfigBytes + sizeof(ConfigHeader)];
+  if (size > sizeof out - sizeof h) return false;
+  std::memcpy(out, &h, sizeof h);
+  if (size) std::memcpy(out + sizeof h, payload, size);
+  iovec iov{out, sizeof h + size};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  // Small, and the front-end waits for it: a full socket is waited for briefly, then the end.
+  for (int tries = 0; tries < 100; ++tries) {
+    const ssize_t n = ::sendmsg(sock_.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(iov.iov_len)) return true;
+    if (n >= 0 || (errno != EAGAIN && errno != EINTR)) return false;
+    pollfd p{sock_.get(), POLLOUT, 0};
+    ::poll(&p, 1, 10);
+  }
+  return false;
+}
+
+bool Session::ack(const MsgHeader& h, bool ok) {
+  if (!(h.flags & kFlagNeedReply) || !(protocol_features_ & kPReplyAck)) return true;
+  const std::uint64_t status = ok ? 0 : 1;
+  return reply(h, &status, sizeof status);
+}
+
+bool Session::start_queue(std::uint32_t q, std::string* why) {
+  Vring& v = vrings_[q];
+  if (!v.addr_set || v.num == 0) return *why = "queue " + std::to_string(q) + " kicked before its size and addresses", false;
+  if (auto r = v.queue.configure(memory_.get(), v.num, v.addr.desc_user_addr, v.addr.avail_user_addr, v.addr.used_user_addr,
+                                 (acked_features_ & kFEventIdx) != 0);
+      !r)
+    return *why = "queue " + std::to_string(q) + ": " + r.error().message(), false;
+  v.queue.set_base(v.base);
+  v.started = true;
+  v.broken = false;
+  // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as it starts.
+  if (!(acked_features_ & kFProtocolFeatures)) v.enabled = true;
+  host_->queue_changed(q);
+  return true;
+}
+
+void Session::stop_queue(std::uint32_t q) {
+  Vring& v = vrings_[q];
+  if (!v.started) return;
+  v.started = false;
+  v.base = v.queue.last_avail();
+  host_->queue_changed(q);
+}
+
+void Session::break_queue(std::uint32_t q, const char* why) {
+  Vring& v = vrings_[q];
+  if (v.broken) return;
+  IP_LOG_WARN("%s: queue %u broken by the guest (%s); not served until the front-end resets it", name_.c_str(), q, why);
+  v.broken = true;
+  host_->queue_changed(q);
+}
+
+void Session::interrupt(std::uint32_t q) {
+  Vring& v = vrings_[q];
+  if (!v.call) return;
+  const std::uint64_t one = 1;
+  (void)!::write(v.call.get(), &one, sizeof one);
+}
+
+bool Session::queue_drained(std::uint32_t q, std::string* why) {
+  if (pending_base_ != static_cast<int>(q)) return true;
+  pending_base_ = -1;
+  const VringState st{q, vrings_[q].base};
+  if (!reply(pending_header_, &st, sizeof st)) return *why = "the front-end does not read its answers", false;
+  return on_readable(why);
+}
+
+bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<UniqueFd>& fds, std::string* why) {
+  auto bad = [&](const std::string& what) {
+    *why = std::string(request_name(h.request)) + ": " + what;
+    return false;
+  };
+  auto queue_of = [&](std::uint32_t index, std::uint32_t* q) {
+    if (index >= vrings_.size()) return false;
+    *q = index;
+    return true;
+  };
+  const std::uint64_t offered = host_->device_features() | kFProtocolFeatures;
+  const std::uint64_t protocols = kPMq | kPReplyAck | kPConfig;
+  switch (h.request) {
+    case kGetFeatures:
+      return reply(h, &offered, sizeof offered);
+    case kSetFeatures: {
+      std::uint64_t f;
+      if (!payload_as(h, p, &f)) return bad("payload is not a u64");
+      if (f & ~offered) return bad("features the back-end did not offer");
+      acked_features_ = f;
+      return ack(h, true);
+    }
+    case kGetProtocolFeatures:
+      return reply(h, &protocols, sizeof protocols);
+    case kSetProtocolFeatures: {
+      std::uint64_t f;
+      if (!payload_as(h, p, &f)) return bad("payload is not a u64");
+      protocol_features_ = f & protocols;
+      return ack(h, true);
+    }
+    case kGetQueueNum: {
+      const std::uint64_t n = vrings_.size();
+      return reply(h, &n, sizeof n);
+    }
+    case kSetOwner:
+      owner_ = true;
+      return ack(h, true);
+    case kResetOwner:
+      for (std::uint32_t q = 0; q < vrings_.size(); ++q) stop_queue(q);
+      {
+        const std::size_t n = vrings_.size();
+        vrings_.clear();
+        vrings_.resize(n);
+      }
+      for (std::uint32_t q = 0; q < vrings_.size(); ++q) host_->queue_changed(q);
+      owner_ = false;
+      return ack(h, true);
+    case kSetMemTable: {
+      struct {
+        std::uint32_t nregions, padding;
+      } head;
+      if (h.size < sizeof head) return bad("short payload");
+      std::memcpy(&head, p, sizeof head);
+      if (head.nregions == 0 || head.nregions > GuestMemory::kMaxRegions || h.size != sizeof head + head.nregions * sizeof(MemoryRegionDesc))
+        return bad("payload does not hold " + std::to_string(head.nregions) + " regions");
+      if (fds.size() != head.nregions) return bad(std::to_string(fds.size()) + " descriptors for " + std::to_string(head.nregions) + " regions");
+      MemoryRegionDesc regions[GuestMemory::kMaxRegions];
+      std::memcpy(regions, p + sizeof head, head.nregions * sizeof(MemoryRegionDesc));
+      auto mem = GuestMemory::map(regions, head.nregions, std::move(fds));
+      fds.clear();
+      if (!mem) {
+        IP_LOG_WARN("%s: memory table refused: %s", name_.c_str(), mem.error().message().c_str());
+        return ack(h, false);
+      }
+      memory_ = std::move(*mem);
+      // Rings already running point into the old table: translated again.
+      for (std::uint32_t q = 0; q < vrings_.size(); ++q) {
+        if (!vrings_[q].started) continue;
+        vrings_[q].base = vrings_[q].queue.last_avail();
+        if (!start_queue(q, why)) return false;
+      }
+      IP_LOG_DEBUG("%s: guest memory %u region(s), %llu bytes", name_.c_str(), memory_->regions(),
+                   static_cast<unsigned long long>(memory_->bytes()));
+      return ack(h, true);
+    }
+    case kSetVringNum: {
+      VringState s;
+      std::uint32_t q;
+      if (!payload_as(h, p, &s) || !queue_of(s.index, &q)) return bad("bad payload or queue index");
+      if (s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1))) return bad("queue size " + std::to_string(s.num));
+      vrings_[q].num = s.num;
+      return ack(h, true);
+    }
+    case kSetVringAddr: {
+      VringAddr a;
+      std::uint32_t q;
+      if (!payload_as(h, p, &a) || !queue_of(a.index, &q)) return bad("bad payload or queue index");
+      vrings_[q].addr = a;
+      vrings_[q].addr_set = true;
+      return ack(h, true);
+    }
+    case kSetVringBase: {
+      VringState s;
+      std::uint32_t q;
+      if (!payload_as(h, p, &s) || !queue_of(s.index, &q) || s.num > 0xffff) return bad("bad payload or queue index");
+      vrings_[q].base = static_cast<std::uint16_t>(s.num);
+      return ack(h, true);
+    }
+    case kGetVringBase: {
+      VringState s;
+      std::uint32_t q;
+      if (!payload_as(h, p, &s) || !queue_of(s.index, &q)) return bad("bad payload or queue index");
+      stop_queue(q);
+      vrings_[q].kick.reset();
+      if (host_->queue_busy(q)) {  // answered by queue_drained()
+        pending_base_ = static_cast<int>(q);
+        pending_header_ = h;
+        return true;
+      }
+      const VringState st{q, vrings_[q].base};
+      return reply(h, &st, sizeof st);
+    }
+    case kSetVringKick:
+    case kSetVringCall:
+    case kSetVringErr: {
+      std::uint64_t v;
+      std::uint32_t q;
+      if (!payload_as(h, p, &v) || !queue_of(static_cast<std::uint32_t>(v & 0xff), &q)) return bad("bad payload or queue index");
+      UniqueFd fd;
+      if (!(v & kVringNoFd)) {
+        if (fds.size() != 1) return bad(std::to_string(fds.size()) + " descriptors (one expected)");
+        fd = std::move(fds[0]);
+        fds.clear();
+      }
+      if (h.request == kSetVringCall) vrings_[q].call = std::move(fd);
+      else if (h.request == kSetVringKick) {
+        vrings_[q].kick = std::move(fd);
+        if (!start_queue(q, why)) return false;
+      }
+      return ack(h, true);
+    }
+    case kSetVringEnable: {
+      VringState s;
+      std::uint32_t q;
+      if (!payload_as(h, p, &s) || !queue_of(s.index, &q)) return bad("bad payload or queue index");
+      vrings_[q].enabled = s.num != 0;
+      host_->queue_changed(q);
+      return ack(h, true);
+    }
+    case kGetConfig: {
+      ConfigHeader c;
+      if (h.size < sizeof c) return bad("short payload");
+      std::memcpy(&c, p, sizeof c);
+      if (c.size > kMaxConfigBytes || c.offset > kMaxConfigBytes - c.size || h.size != sizeof c + c.size) return bad("config range or payload size");
+      std::byte out[sizeof c + kMaxConfigBytes] = {};
+      std::memcpy(out, &c, sizeof c);
+      host_->read_config(c.offset, out + sizeof c, c.size);
+      return reply(h, out, sizeof c + c.size);
+    }
+    case kSetConfig:
+      return ack(h, true);  // (the writeback flag; this device's cache mode is the backend's)
+    default:
+      // A request this back-end never offered the feature for: answered "failed" where the
+      // front-end asked for an answer, otherwise ignored.
+      IP_LOG_WARN("%s: request %u (%s) not supported; ignored", name_.c_str(), h.request, request_name(h.request));
+      return ack(h, false);
+  }
+}
+
+}  // namespace interpart::vhost
