@@ -147,6 +147,11 @@ void Driver::Impl::accept_vm(VmClientRun& vm) {
     return;
   }
   if (vm.session) {
+    // A front-end that just went away may not have been noticed yet (both events in one batch).
+    pollfd p{vm.session->fd(), POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) end_session(vm, "it hung up");
+  }
+  if (vm.session) {
     IP_LOG_WARN("%s: refused a second front-end (pid %d) while one is connected", vm.name.c_str(), cred.pid);
     return;
   }

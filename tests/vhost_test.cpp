@@ -1,0 +1,502 @@
+// VM partitions over vhost-user-blk, against the real manager and driver (`interpart serve` in a
+// forked child). The front-end here is a small VMM written for the test: guest memory in a
+// memfd, virtqueues built by hand in it, the vhost-user messages QEMU sends. So the hostile cases
+// (descriptors outside guest memory, loops, nested indirect tables, malformed messages) can be
+// made on purpose; tests/vm_test.sh runs a real QEMU guest.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <cstring>
+
+#include "blk/driver_process.hpp"
+#include "fabric/stat_client.hpp"
+#include "helpers.hpp"
+#include "interpart/block.hpp"
+#include "interpart/interpart.hpp"
+#include "vhost/session.hpp"
+#include "vhost/virtio_blk.hpp"
+
+namespace interpart {
+namespace {
+
+using namespace vhost;
+using namespace std::chrono_literals;
+constexpr auto kBound = 20s;
+constexpr std::uint32_t kQueueSize = 64;
+constexpr std::size_t kGuestBytes = 4u << 20;
+
+std::string vm_config(const std::string& dir) {
+  return test::basic_config(R"(
+[[images]]
+name = "io"
+id = 9
+uid = "self"
+gid = "self"
+[[images]]
+name = "vm1"
+id = 10
+uid = "self"
+gid = "self"
+kind = "vm"
+[[images]]
+name = "vm2"
+id = 11
+uid = "self"
+gid = "self"
+kind = "vm"
+[[devices]]
+name = "disk0"
+image = "io"
+backend = "memory"
+size = "8MiB"
+queues = 2
+depth = 16
+clients = { a = "rw", vm1 = "rw", vm2 = "ro" }
+vhost_user = { vm1 = ")" + dir + R"(/vm1.sock", vm2 = ")" + dir + R"(/vm2.sock" }
+)");
+}
+
+struct VmFabric {
+  test::TempDir dir;
+  std::unique_ptr<test::TestFabric> fabric;
+  pid_t driver = -1;
+  VmFabric() {
+    fabric = std::make_unique<test::TestFabric>(vm_config(dir.path()));
+    auto d = blk::DriverProcess::start({"io", fabric->socket, false});
+    if (!d) ADD_FAILURE() << d.error().message();
+    else driver = d->release();
+  }
+  ~VmFabric() {
+    if (driver > 0) {
+      ::kill(driver, SIGTERM);
+      EXPECT_EQ(test::wait_child(driver), 0) << "the driver did not exit cleanly";
+    }
+  }
+  std::string sock(const char* vm) const { return dir.path() + "/" + vm + ".sock"; }
+};
+
+// Guest memory layout: per queue a page of descriptors, a page of avail ring, a page of used
+// ring; then request headers, statuses and data buffers.
+constexpr std::uint64_t kRingBase = 0, kRingStride = 3 * 4096;
+constexpr std::uint64_t kHeaders = 64 * 1024, kStatus = 96 * 1024, kData = 1u << 20;
+
+class FakeVmm {
+ public:
+  explicit FakeVmm(const std::string& path, std::uint32_t queues = 2) : queues_(queues) {
+    mem_fd_.reset(::memfd_create("guest", MFD_CLOEXEC));
+    if (::ftruncate(mem_fd_.get(), kGuestBytes) != 0) std::abort();
+    mem_ = static_cast<std::byte*>(::mmap(nullptr, kGuestBytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem_fd_.get(), 0));
+    sock_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    connected_ = ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    for (std::uint32_t q = 0; q < queues_; ++q) {
+      kick_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      call_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    }
+    next_avail_.assign(queues_, 0);
+    last_used_.assign(queues_, 0);
+    free_desc_.assign(queues_, 0);
+  }
+  ~FakeVmm() { ::munmap(mem_, kGuestBytes); }
+  bool connected() const { return connected_; }
+
+  // One request and its answer; false when no answer came (the connection ended).
+  bool send(std::uint32_t request, const void* payload, std::uint32_t size, const int* fds = nullptr, int nfds = 0, bool need_reply = false,
+            std::uint32_t flags_override = 0) {
+    MsgHeader h{request, flags_override ? flags_override : (kFlagVersion | (need_reply ? kFlagNeedReply : 0)), size};
+    std::vector<std::byte> out(sizeof h + size);
+    std::memcpy(out.data(), &h, sizeof h);
+    if (size) std::memcpy(out.data() + sizeof h, payload, size);
+    iovec iov{out.data(), out.size()};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+    if (nfds) {
+      m.msg_control = control;
+      m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      cmsghdr* c = CMSG_FIRSTHDR(&m);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    return ::sendmsg(sock_.get(), &m, MSG_NOSIGNAL) == static_cast<ssize_t>(out.size());
+  }
+  // Reads one reply: its payload; empty when the back-end closed the connection or was silent.
+  std::vector<std::byte> reply(std::uint32_t request) {
+    pollfd p{sock_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) return {};
+    MsgHeader h{};
+    if (::recv(sock_.get(), &h, sizeof h, MSG_WAITALL) != sizeof h || h.request != request || !(h.flags & kFlagReply)) return {};
+    std::vector<std::byte> body(h.size);
+    if (h.size && ::recv(sock_.get(), body.data(), h.size, MSG_WAITALL) != static_cast<ssize_t>(h.size)) return {};
+    return body;
+  }
+  // Whether the back-end closed the connection (within 5 s).
+  bool hung_up() {
+    pollfd p{sock_.get(), POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, 5000) != 1) return false;
+    char c;
+    const ssize_t n = ::recv(sock_.get(), &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno == ECONNRESET);  // (reset: it left part of our message unread)
+  }
+  std::uint64_t get_u64(std::uint32_t request) {
+    if (!send(request, nullptr, 0)) return 0;
+    auto b = reply(request);
+    std::uint64_t v = 0;
+    if (b.size() == sizeof v) std::memcpy(&v, b.data(), sizeof v);
+    return v;
+  }
+  bool acked(std::uint32_t request, const void* payload, std::uint32_t size, const int* fds = nullptr, int nfds = 0) {
+    if (!send(request, payload, size, fds, nfds, true)) return false;
+    auto b = reply(request);
+    std::uint64_t status = 1;
+    if (b.size() == sizeof status) std::memcpy(&status, b.data(), sizeof status);
+    return status == 0;
+  }
+  BlkConfig config() {
+    struct {
+      ConfigHeader h;
+      BlkConfig c;
+    } req{{0, sizeof(BlkConfig), 0}, {}};
+    send(kGetConfig, &req, sizeof req);
+    auto b = reply(kGetConfig);
+    BlkConfig c{};
+    if (b.size() == sizeof req) std::memcpy(&c, b.data() + sizeof(ConfigHeader), sizeof c);
+    return c;
+  }
+
+  // The handshake QEMU makes, then every queue started. Returns the offered features.
+  std::uint64_t start(std::uint64_t extra_features = kFIndirectDesc) {
+    features_ = get_u64(kGetFeatures);
+    const std::uint64_t proto = get_u64(kGetProtocolFeatures);
+    const std::uint64_t want_proto = proto & (kPReplyAck | kPConfig | kPMq);
+    send(kSetProtocolFeatures, &want_proto, sizeof want_proto);
+    queue_num_ = get_u64(kGetQueueNum);
+    send(kSetOwner, nullptr, 0);
+    const std::uint64_t f = features_ & (kFVersion1 | kFProtocolFeatures | extra_features | kBlkRo | kBlkFlushF | kBlkDiscardF |
+                                         kBlkWriteZeroesF | kBlkBlkSize | kBlkSegMax | kBlkMq | kBlkSizeMax | kBlkTopology);
+    if (!acked(kSetFeatures, &f, sizeof f)) return 0;
+    struct {
+      std::uint32_t n, pad;
+      MemoryRegionDesc r;
+    } table{1, 0, {0, kGuestBytes, reinterpret_cast<std::uint64_t>(mem_), 0}};
+    const int fd = mem_fd_.get();
+    if (!acked(kSetMemTable, &table, sizeof table, &fd, 1)) return 0;
+    for (std::uint32_t q = 0; q < queues_; ++q) {
+      const VringState num{q, kQueueSize}, base{q, 0};
+      const VringAddr addr{q, 0, uva(desc(q)), uva(used(q)), uva(avail(q)), 0};
+      if (!acked(kSetVringNum, &num, sizeof num) || !acked(kSetVringBase, &base, sizeof base) || !acked(kSetVringAddr, &addr, sizeof addr))
+        return 0;
+      const std::uint64_t kick = q, call = q;
+      const int kfd = kick_[q].get(), cfd = call_[q].get();
+      if (!acked(kSetVringCall, &call, sizeof call, &cfd, 1) || !acked(kSetVringKick, &kick, sizeof kick, &kfd, 1)) return 0;
+      const VringState on{q, 1};
+      if (!acked(kSetVringEnable, &on, sizeof on)) return 0;
+    }
+    return features_;
+  }
+
+  std::byte* at(std::uint64_t gpa) { return mem_ + gpa; }
+  std::uint64_t uva(std::uint64_t gpa) const { return reinterpret_cast<std::uint64_t>(mem_) + gpa; }
+  std::uint64_t desc(std::uint32_t q) const { return kRingBase + q * kRingStride; }
+  std::uint64_t avail(std::uint32_t q) const { return desc(q) + 4096; }
+  std::uint64_t used(std::uint32_t q) const { return desc(q) + 8192; }
+  VringDesc* descs(std::uint32_t q) { return reinterpret_cast<VringDesc*>(at(desc(q))); }
+
+  // Puts a chain of (gpa, len, device-writable) buffers on queue q and kicks. Returns its head.
+  std::uint16_t post(std::uint32_t q, std::initializer_list<std::tuple<std::uint64_t, std::uint32_t, bool>> bufs) {
+    const std::uint16_t head = static_cast<std::uint16_t>(free_desc_[q] % kQueueSize);
+    std::uint16_t i = head;
+    std::size_t k = 0;
+    for (const auto& [gpa, len, writable] : bufs) {
+      const std::uint16_t next = static_cast<std::uint16_t>((i + 1) % kQueueSize);
+      descs(q)[i] = {gpa, len, static_cast<std::uint16_t>((writable ? kDescWrite : 0) | (++k < bufs.size() ? kDescNext : 0)), next};
+      i = next;
+    }
+    free_desc_[q] += static_cast<std::uint32_t>(bufs.size());
+    publish(q, head);
+    return head;
+  }
+  void publish(std::uint32_t q, std::uint16_t head) {
+    auto* ring = reinterpret_cast<std::uint16_t*>(at(avail(q)));
+    ring[2 + next_avail_[q] % kQueueSize] = head;
+    ++next_avail_[q];
+    std::atomic_ref(ring[1]).store(next_avail_[q], std::memory_order_release);
+    const std::uint64_t one = 1;
+    (void)!::write(kick_[q].get(), &one, sizeof one);
+  }
+  // Waits for the next used element of queue q: its (id, len), or nullopt after `limit`.
+  std::optional<VringUsedElem> wait_used(std::uint32_t q, std::chrono::milliseconds limit = 5000ms) {
+    auto* u = at(used(q));
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      const std::uint16_t idx = std::atomic_ref(*reinterpret_cast<std::uint16_t*>(u + 2)).load(std::memory_order_acquire);
+      if (idx != last_used_[q]) {
+        VringUsedElem e;
+        std::memcpy(&e, u + 4 + 8 * (last_used_[q] % kQueueSize), sizeof e);
+        ++last_used_[q];
+        return e;
+      }
+      pollfd p{call_[q].get(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+      std::uint64_t v;
+      (void)!::read(call_[q].get(), &v, sizeof v);
+    }
+    return std::nullopt;
+  }
+
+  // A virtio-blk request of `type` at `sector` on queue q with data at kData (len bytes), status
+  // at kStatus + slot. Returns the status byte, or -1 if it never completed.
+  int blk(std::uint32_t q, std::uint32_t type, std::uint64_t sector, std::uint32_t len, std::uint32_t* used_len = nullptr) {
+    const std::uint64_t hdr = kHeaders + q * 64, status = kStatus + q * 64;
+    const BlkHeader h{type, 0, sector};
+    std::memcpy(at(hdr), &h, sizeof h);
+    *at(status) = std::byte{0xee};
+    const bool to_guest = type == kBlkIn || type == kBlkGetId;
+    if (len) post(q, {{hdr, 16, false}, {kData + q * (256u << 10), len, to_guest}, {status, 1, true}});
+    else post(q, {{hdr, 16, false}, {status, 1, true}});
+    auto e = wait_used(q);
+    if (!e) return -1;
+    if (used_len) *used_len = e->len;
+    return static_cast<int>(*at(status));
+  }
+  std::byte* data(std::uint32_t q) { return at(kData + q * (256u << 10)); }
+  std::uint64_t queue_num() const { return queue_num_; }
+
+ private:
+  std::uint32_t queues_;
+  UniqueFd mem_fd_, sock_;
+  std::byte* mem_ = nullptr;
+  bool connected_ = false;
+  std::vector<UniqueFd> kick_, call_;
+  std::vector<std::uint16_t> next_avail_, last_used_;
+  std::vector<std::uint32_t> free_desc_;
+  std::uint64_t features_ = 0, queue_num_ = 0;
+};
+
+void fill(std::byte* p, std::size_t n, std::uint8_t seed) {
+  for (std::size_t i = 0; i < n; ++i) p[i] = static_cast<std::byte>(seed + i * 31);
+}
+bool filled(const std::byte* p, std::size_t n, std::uint8_t seed) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (p[i] != static_cast<std::byte>(seed + i * 31)) return false;
+  return true;
+}
+
+TEST(VhostUser, GuestAndProcessClientShareTheDevice) {
+  VmFabric f;
+  FakeVmm vmm(f.sock("vm1"));
+  ASSERT_TRUE(vmm.connected());
+  const std::uint64_t features = vmm.start();
+  ASSERT_NE(features, 0u) << "handshake failed";
+  EXPECT_TRUE(features & kFVersion1);
+  EXPECT_TRUE(features & kFEventIdx);
+  EXPECT_TRUE(features & kFIndirectDesc);
+  EXPECT_FALSE(features & kBlkRo);
+  EXPECT_EQ(vmm.queue_num(), 2u);
+  const BlkConfig cfg = vmm.config();
+  EXPECT_EQ(cfg.capacity, (8u << 20) / 512);
+  EXPECT_EQ(cfg.blk_size, 4096u);
+  EXPECT_EQ(cfg.num_queues, 2u);
+  EXPECT_GE(cfg.seg_max, 64u);
+
+  // The guest writes 64 KiB on queue 0; the process client reads it.
+  fill(vmm.data(0), 65536, 7);
+  std::uint32_t used_len = 0;
+  ASSERT_EQ(vmm.blk(0, kBlkOut, 16, 65536, &used_len), kBlkOk);
+  EXPECT_EQ(used_len, 1u);  // only the status byte was written into guest memory
+  auto a = Partition::attach("a", {f.fabric->socket});
+  ASSERT_TRUE(a.ok());
+  auto dev = a->block_device("disk0");
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  auto buf = dev->allocate(65536).value();
+  ASSERT_TRUE(dev->read(16 * 512, buf, 65536, kBound).ok());
+  EXPECT_TRUE(filled(buf.data.data(), 65536, 7));
+
+  // The process client writes; the guest reads it on queue 1.
+  fill(buf.data.data(), 65536, 99);
+  ASSERT_TRUE(dev->write(1u << 20, buf, 65536, 0, kBound).ok());
+  std::memset(vmm.data(1), 0, 65536);
+  ASSERT_EQ(vmm.blk(1, kBlkIn, (1u << 20) / 512, 65536, &used_len), kBlkOk);
+  EXPECT_EQ(used_len, 65536u + 1);
+  EXPECT_TRUE(filled(vmm.data(1), 65536, 99));
+
+  // Flush, get-id, write-zeroes, discard, an unknown type, and a misaligned read.
+  EXPECT_EQ(vmm.blk(0, kBlkFlush, 0, 0), kBlkOk);
+  ASSERT_EQ(vmm.blk(0, kBlkGetId, 0, kBlkIdBytes), kBlkOk);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(vmm.data(0))), "disk0");
+  const BlkSegment zero{(1u << 20) / 512, 16, 0};
+  std::memcpy(vmm.data(0), &zero, sizeof zero);
+  ASSERT_EQ(vmm.blk(0, kBlkWriteZeroes, 0, sizeof zero), kBlkOk);
+  ASSERT_TRUE(dev->read(1u << 20, buf, 8192, kBound).ok());
+  for (std::size_t i = 0; i < 8192; ++i) ASSERT_EQ(buf.data.data()[i], std::byte{0}) << i;
+  std::memcpy(vmm.data(0), &zero, sizeof zero);
+  EXPECT_EQ(vmm.blk(0, kBlkDiscard, 0, sizeof zero), kBlkOk);
+  EXPECT_EQ(vmm.blk(0, 77, 0, 512), kBlkUnsupp);
+  EXPECT_EQ(vmm.blk(0, kBlkIn, 1, 4096), kBlkIoErr);                  // not on a 4096-byte block
+  EXPECT_EQ(vmm.blk(0, kBlkIn, (8u << 20) / 512, 4096), kBlkIoErr);  // past the end
+
+  // Indirect descriptors: a table of three in guest memory.
+  {
+    const BlkHeader h{kBlkIn, 0, 16};
+    std::memcpy(vmm.at(kHeaders + 512), &h, sizeof h);
+    *vmm.at(kStatus + 512) = std::byte{0xee};
+    auto* table = reinterpret_cast<VringDesc*>(vmm.at(kHeaders + 1024));
+    table[0] = {kHeaders + 512, 16, kDescNext, 1};
+    table[1] = {kData + (512u << 10), 4096, static_cast<std::uint16_t>(kDescWrite | kDescNext), 2};
+    table[2] = {kStatus + 512, 1, kDescWrite, 0};
+    vmm.descs(0)[40] = {kHeaders + 1024, 3 * sizeof(VringDesc), kDescIndirect, 0};
+    vmm.publish(0, 40);
+    auto e = vmm.wait_used(0);
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->id, 40u);
+    EXPECT_EQ(*vmm.at(kStatus + 512), std::byte{kBlkOk});
+    EXPECT_TRUE(filled(vmm.at(kData + (512u << 10)), 4096, 7));
+  }
+
+  // stat counts the VM client's I/O.
+  auto snap = fabric::fetch_stats(f.fabric->socket);
+  ASSERT_TRUE(snap.ok());
+  bool seen = false;
+  for (const auto& row : fabric::build_model(*snap, nullptr, 0).devices)
+    if (row.client == "vm1") {
+      seen = true;
+      EXPECT_GE(row.stat.writes, 1u);
+      EXPECT_GE(row.stat.reads, 2u);
+    }
+  EXPECT_TRUE(seen) << "no attachment row for vm1 in stat";
+}
+
+TEST(VhostUser, ReadOnlyClientIsOfferedRoAndCannotWrite) {
+  VmFabric f;
+  FakeVmm vmm(f.sock("vm2"));
+  ASSERT_TRUE(vmm.connected());
+  const std::uint64_t features = vmm.start();
+  ASSERT_NE(features, 0u);
+  EXPECT_TRUE(features & kBlkRo);
+  EXPECT_FALSE(features & kBlkDiscardF);
+  EXPECT_EQ(vmm.blk(0, kBlkOut, 0, 4096), kBlkIoErr);
+  EXPECT_EQ(vmm.blk(0, kBlkIn, 0, 4096), kBlkOk);
+}
+
+// What a hostile guest can put on a queue: each breaks that queue (no completion), never the
+// driver, the session's other queue, or another client.
+TEST(VhostUser, HostileChainsBreakOnlyTheirQueue) {
+  VmFabric f;
+  struct Case {
+    const char* what;
+    std::function<void(FakeVmm&)> make;
+  };
+  const std::vector<Case> cases = {
+      {"a buffer outside guest memory", [](FakeVmm& v) { v.post(0, {{kHeaders, 16, false}, {kGuestBytes + 4096, 4096, true}, {kStatus, 1, true}}); }},
+      {"a chain that loops",
+       [](FakeVmm& v) {
+         v.descs(0)[5] = {kHeaders, 16, kDescNext, 6};
+         v.descs(0)[6] = {kData, 4096, kDescNext, 5};
+         v.publish(0, 5);
+       }},
+      {"an indirect table inside an indirect table",
+       [](FakeVmm& v) {
+         auto* t = reinterpret_cast<VringDesc*>(v.at(kHeaders + 2048));
+         t[0] = {kHeaders + 2048, 16, kDescIndirect, 0};
+         v.descs(0)[7] = {kHeaders + 2048, 16, kDescIndirect, 0};
+         v.publish(0, 7);
+       }},
+      {"a head outside the table",
+       [](FakeVmm& v) { v.publish(0, static_cast<std::uint16_t>(kQueueSize + 3)); }},
+      {"a readable buffer after a writable one",
+       [](FakeVmm& v) { v.post(0, {{kHeaders, 16, false}, {kStatus, 1, true}, {kData, 4096, false}}); }},
+      {"no room for a status byte", [](FakeVmm& v) { v.post(0, {{kHeaders, 16, false}, {kData, 4096, false}}); }},
+  };
+  auto a = Partition::attach("a", {f.fabric->socket});
+  ASSERT_TRUE(a.ok());
+  auto dev = a->block_device("disk0");
+  ASSERT_TRUE(dev.ok());
+  auto buf = dev->allocate(4096).value();
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    FakeVmm vmm(f.sock("vm1"));
+    ASSERT_TRUE(vmm.connected());
+    ASSERT_NE(vmm.start(), 0u);
+    ASSERT_EQ(vmm.blk(0, kBlkIn, 0, 4096), kBlkOk);  // queue 0 works before
+    c.make(vmm);
+    EXPECT_FALSE(vmm.wait_used(0, 300ms).has_value()) << "a broken chain was completed";
+    EXPECT_EQ(vmm.blk(1, kBlkIn, 0, 4096), kBlkOk) << "the other queue stopped";
+    ASSERT_TRUE(dev->read(0, buf, 4096, kBound).ok()) << "the process client was hurt";
+  }
+  int status = 0;
+  EXPECT_EQ(::waitpid(f.driver, &status, WNOHANG), 0) << "the driver died";
+}
+
+// Malformed messages end that connection; the socket takes the next front-end.
+TEST(VhostUser, MalformedMessagesEndOnlyThatConnection) {
+  VmFabric f;
+  struct Case {
+    const char* what;
+    std::function<void(FakeVmm&)> send;
+  };
+  const std::vector<Case> cases = {
+      {"a payload bigger than any request", [](FakeVmm& v) { std::vector<std::byte> big(8192); v.send(kSetFeatures, big.data(), 8192); }},
+      {"a wrong protocol version", [](FakeVmm& v) { const std::uint64_t x = 0; v.send(kSetFeatures, &x, 8, nullptr, 0, false, 0x2); }},
+      {"a u64 request of 4 bytes", [](FakeVmm& v) { const std::uint32_t x = 0; v.send(kSetFeatures, &x, 4); }},
+      {"features never offered", [](FakeVmm& v) { const std::uint64_t x = ~0ull; v.send(kSetFeatures, &x, 8); }},
+      {"a queue index out of range", [](FakeVmm& v) { const VringState s{9, 64}; v.send(kSetVringNum, &s, sizeof s); }},
+      {"a memory table without its descriptor",
+       [](FakeVmm& v) {
+         struct {
+           std::uint32_t n, pad;
+           MemoryRegionDesc r;
+         } t{1, 0, {0, 4096, 0, 0}};
+         v.send(kSetMemTable, &t, sizeof t);
+       }},
+      {"a kick before the ring's addresses", [](FakeVmm& v) {
+         const std::uint64_t k = 0;
+         const int fd = ::eventfd(0, 0);
+         v.send(kSetVringKick, &k, sizeof k, &fd, 1);
+         ::close(fd);
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    FakeVmm bad(f.sock("vm1"));
+    ASSERT_TRUE(bad.connected());
+    c.send(bad);
+    // The back-end hangs up on it.
+    EXPECT_TRUE(bad.hung_up()) << "the back-end did not hang up";
+    FakeVmm good(f.sock("vm1"));
+    ASSERT_TRUE(good.connected());
+    ASSERT_NE(good.start(), 0u) << "the socket no longer serves";
+    EXPECT_EQ(good.blk(0, kBlkIn, 0, 4096), kBlkOk);
+  }
+}
+
+// Only the VM image's uid reaches its socket: another user's connection is closed at once.
+TEST(VhostUser, AnotherUidIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as another uid";
+  VmFabric f;
+  ::chmod(f.sock("vm1").c_str(), 0666);  // (past the file mode: the driver's SO_PEERCRED check is what is tested)
+  ::chmod(f.dir.path().c_str(), 0755);
+  pid_t child = test::fork_child([&] {
+    CHILD_REQUIRE(::setgid(65534) == 0 && ::setuid(65534) == 0);
+    FakeVmm vmm(f.sock("vm1"));
+    CHILD_REQUIRE(vmm.connected());
+    CHILD_REQUIRE(vmm.get_u64(kGetFeatures) == 0);  // no answer: hung up on
+    return 0;
+  });
+  EXPECT_EQ(test::wait_child(child), 0) << "the other uid was served (exit code = 100 + line)";
+  FakeVmm ok(f.sock("vm1"));
+  EXPECT_NE(ok.start(), 0u);
+}
+
+}  // namespace
+}  // namespace interpart
