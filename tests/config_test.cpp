@@ -284,3 +284,61 @@ clients = { app = "rw" }
 }
 }  // namespace
 }  // namespace interpart::config
+
+namespace interpart::config {
+namespace {
+
+TEST(Config, VmImagesAndTheirVhostUserSockets) {
+  const std::string vm = "[[images]]\nname = \"vm1\"\nid = 20\nuid = \"self\"\ngid = \"self\"\nkind = \"vm\"\n";
+  auto ok = parse(with_io(vm + R"(
+[[devices]]
+name = "d"
+image = "io"
+backend = "memory"
+size = "1MiB"
+clients = { a = "rw", vm1 = "ro" }
+vhost_user = { vm1 = "/run/d-vm1.sock" }
+)"),
+                  "test.toml");
+  ASSERT_TRUE(ok.errors.empty()) << ok.errors[0].to_string();
+  const Fabric& f = *ok.fabric;
+  EXPECT_TRUE(f.images[static_cast<std::size_t>(f.image_index("vm1"))].vm);
+  EXPECT_FALSE(f.images[static_cast<std::size_t>(f.image_index("a"))].vm);
+  ASSERT_EQ(f.devices[0].clients.size(), 2u);
+  EXPECT_EQ(f.devices[0].clients[1].vhost_user, "/run/d-vm1.sock");
+  EXPECT_TRUE(f.devices[0].clients[0].vhost_user.empty());
+
+  auto e = errors_of(with_io(vm + "[[images]]\nname = \"vm2\"\nid = 21\nuid = \"self\"\ngid = \"self\"\nkind = \"vm\"\nmediated = true\n" +
+                             "[[images]]\nname = \"x\"\nid = 22\nuid = \"self\"\ngid = \"self\"\nkind = \"container\"\n" + R"(
+[[devices]]
+name = "d"
+image = "io"
+backend = "memory"
+size = "1MiB"
+clients = { a = "rw", vm1 = "rw" }
+vhost_user = { a = "/run/a.sock", b = "/run/b.sock" }
+[[devices]]
+name = "e"
+image = "io"
+backend = "memory"
+size = "1MiB"
+clients = { a = "rw", vm1 = "ro" }
+vhost_user = { vm1 = "relative.sock" }
+[[devices]]
+name = "f"
+image = "vm1"
+backend = "memory"
+size = "1MiB"
+clients = { a = "rw" }
+)"));
+  EXPECT_TRUE(has_error(e, "images[4].kind: a VM image cannot be mediated"));
+  EXPECT_TRUE(has_error(e, "images[5].kind: must be \"processes\" or \"vm\", not \"container\""));
+  EXPECT_TRUE(has_error(e, "devices[0].vhost_user.a: \"a\" is not a VM image"));
+  EXPECT_TRUE(has_error(e, "devices[0].vhost_user.b: \"b\" is not a client of this device"));
+  EXPECT_TRUE(has_error(e, "devices[0].vhost_user.vm1: VM client \"vm1\" needs the path of its vhost-user socket"));
+  EXPECT_TRUE(has_error(e, "devices[1].vhost_user.vm1: must be an absolute socket path"));
+  EXPECT_TRUE(has_error(e, "devices[2].image: a VM image cannot be a device's I/O partition"));
+}
+
+}  // namespace
+}  // namespace interpart::config
