@@ -342,7 +342,10 @@ std::string format(const ControlView& v, const config::Fabric* f) {
     const char* names[] = {"user", "mount", "net", "pid", "ipc", "uts"};
     for (int b = 0; b < 6; ++b)
       if (e.namespaces & (1u << b)) ns += (ns.empty() ? "" : ",") + std::string(names[b]);
-    const char* sharing = !f ? "" : f->images[i].mediated ? "mediated (shares none: the data mover copies)" : "shared";
+    const char* sharing = !f                      ? ""
+                          : f->images[i].mediated ? "mediated (shares none: the data mover copies)"
+                          : f->images[i].vm       ? "VM (guest memory shared with its devices' I/O partition, vhost-user)"
+                                                  : "shared";
     std::snprintf(line, sizeof line, "  %-4u %-16s %7u %7u  %-24s %s\n", e.id, entry_name(e.name).c_str(), e.uid, e.gid, ns.empty() ? "-" : ns.c_str(),
                   sharing);
     o << line;
@@ -412,7 +415,8 @@ std::string format(const ControlView& v, const config::Fabric* f) {
       std::string clients;
       for (std::uint32_t a = d.first_attachment; a < d.first_attachment + d.client_count; ++a) {
         const auto& at = v.attachment(a);
-        clients += (clients.empty() ? "" : " ") + entry_name(v.image(at.client).name) + ((at.flags & kAttachWritable) ? "=rw" : "=ro");
+        clients += (clients.empty() ? "" : " ") + entry_name(v.image(at.client).name) + ((at.flags & kAttachWritable) ? "=rw" : "=ro") +
+                   ((at.flags & kAttachVm) ? "(vm)" : "");
         if (at.weight != 1 || at.iops_limit || at.bandwidth_limit) {
           clients += "(w" + std::to_string(at.weight);
           if (at.iops_limit) clients += "," + std::to_string(at.iops_limit) + "iops";
