@@ -175,17 +175,69 @@ class FakeVmm {
     return c;
   }
 
+  // Connects again (as QEMU's reconnect= does after the back-end went away).
+  bool reconnect(const std::string& path, std::chrono::milliseconds limit = 10000ms) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      sock_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+      if (::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && get_u64(kGetFeatures) != 0) return true;
+      ::usleep(20000);
+    }
+    return false;
+  }
+  // The inflight region (INFLIGHT_SHMFD) the back-end made, kept here across its restarts.
+  InflightHeader* inflight(std::uint32_t q) {
+    return reinterpret_cast<InflightHeader*>(static_cast<std::byte*>(inflight_map_) + q * inflight_queue_bytes(kQueueSize));
+  }
+  InflightDesc* inflight_desc(std::uint32_t q) { return reinterpret_cast<InflightDesc*>(inflight(q) + 1); }
+  // Puts a used element on queue q as a back-end would, and takes it as the guest would.
+  void fake_used(std::uint32_t q, std::uint32_t id, std::uint32_t len) {
+    auto* u = at(used(q));
+    const VringUsedElem e{id, len};
+    std::memcpy(u + 4 + 8 * (last_used_[q] % kQueueSize), &e, sizeof e);
+    ++last_used_[q];
+    std::atomic_ref(*reinterpret_cast<std::uint16_t*>(u + 2)).store(last_used_[q], std::memory_order_release);
+  }
+
   // The handshake QEMU makes, then every queue started. Returns the offered features.
   std::uint64_t start(std::uint64_t extra_features = kFIndirectDesc) {
     features_ = get_u64(kGetFeatures);
     const std::uint64_t proto = get_u64(kGetProtocolFeatures);
-    const std::uint64_t want_proto = proto & (kPReplyAck | kPConfig | kPMq);
+    const std::uint64_t want_proto = proto & (kPReplyAck | kPConfig | kPMq | kPInflight);
     send(kSetProtocolFeatures, &want_proto, sizeof want_proto);
     queue_num_ = get_u64(kGetQueueNum);
     send(kSetOwner, nullptr, 0);
     const std::uint64_t f = features_ & (kFVersion1 | kFProtocolFeatures | extra_features | kBlkRo | kBlkFlushF | kBlkDiscardF |
                                          kBlkWriteZeroesF | kBlkBlkSize | kBlkSegMax | kBlkMq | kBlkSizeMax | kBlkTopology);
     if (!acked(kSetFeatures, &f, sizeof f)) return 0;
+    if (want_proto & kPInflight) {
+      if (!inflight_fd_) {  // the first start: the back-end makes the region
+        const InflightMsg want{0, 0, static_cast<std::uint16_t>(queues_), kQueueSize, 0};
+        send(kGetInflightFd, &want, sizeof want);
+        MsgHeader h{};
+        pollfd p{sock_.get(), POLLIN, 0};
+        if (::poll(&p, 1, 10000) != 1) return 0;
+        InflightMsg got{};
+        iovec iov[2] = {{&h, sizeof h}, {&got, sizeof got}};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+        msghdr m{};
+        m.msg_iov = iov;
+        m.msg_iovlen = 2;
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        if (::recvmsg(sock_.get(), &m, MSG_WAITALL) != static_cast<ssize_t>(sizeof h + sizeof got) || !CMSG_FIRSTHDR(&m)) return 0;
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof fd);
+        inflight_fd_.reset(fd);
+        inflight_msg_ = got;
+        inflight_map_ = ::mmap(nullptr, got.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      }
+      const int fd = inflight_fd_.get();
+      if (!acked(kSetInflightFd, &inflight_msg_, sizeof inflight_msg_, &fd, 1)) return 0;
+    }
     struct {
       std::uint32_t n, pad;
       MemoryRegionDesc r;
@@ -193,7 +245,7 @@ class FakeVmm {
     const int fd = mem_fd_.get();
     if (!acked(kSetMemTable, &table, sizeof table, &fd, 1)) return 0;
     for (std::uint32_t q = 0; q < queues_; ++q) {
-      const VringState num{q, kQueueSize}, base{q, 0};
+      const VringState num{q, kQueueSize}, base{q, last_used_[q]};  // (after a back-end's death QEMU restarts from the used index)
       const VringAddr addr{q, 0, uva(desc(q)), uva(used(q)), uva(avail(q)), 0};
       if (!acked(kSetVringNum, &num, sizeof num) || !acked(kSetVringBase, &base, sizeof base) || !acked(kSetVringAddr, &addr, sizeof addr))
         return 0;
@@ -282,6 +334,9 @@ class FakeVmm {
   std::vector<std::uint16_t> next_avail_, last_used_;
   std::vector<std::uint32_t> free_desc_;
   std::uint64_t features_ = 0, queue_num_ = 0;
+  UniqueFd inflight_fd_;
+  InflightMsg inflight_msg_{};
+  void* inflight_map_ = nullptr;
 };
 
 void fill(std::byte* p, std::size_t n, std::uint8_t seed) {
@@ -478,6 +533,70 @@ TEST(VhostUser, MalformedMessagesEndOnlyThatConnection) {
     ASSERT_NE(good.start(), 0u) << "the socket no longer serves";
     EXPECT_EQ(good.blk(0, kBlkIn, 0, 4096), kBlkOk);
   }
+}
+
+// kill -9 of the driver with a guest request taken and not completed: the VMM keeps the
+// inflight region and reconnects to the same socket; the restarted driver serves that request
+// again and the guest sees it complete, with its data on the device.
+TEST(VhostUser, ARestartedDriverServesWhatItsPredecessorHadTaken) {
+  VmFabric f;
+  FakeVmm vmm(f.sock("vm1"));
+  ASSERT_TRUE(vmm.connected());
+  ASSERT_NE(vmm.start(), 0u);
+  fill(vmm.data(0), 4096, 1);
+  ASSERT_EQ(vmm.blk(0, kBlkOut, 0, 4096), kBlkOk);
+  // The region tracks it: taken (a counter), completed (flag clear, used index recorded).
+  ASSERT_EQ(vmm.inflight(0)->version, 1u);
+  EXPECT_EQ(vmm.inflight(0)->used_idx, 1u);
+  EXPECT_EQ(vmm.inflight_desc(0)[0].inflight, 0u);
+  EXPECT_GT(vmm.inflight_desc(0)[0].counter, 0u);
+
+  ::kill(f.driver, SIGKILL);
+  EXPECT_EQ(test::wait_child(f.driver), 128 + SIGKILL);
+  f.driver = -1;
+  // What the dead driver had taken, out of order: a write of 8 KiB at sector 64 (head 20), still
+  // in flight; and a flush after it (head 30), completed (on the used ring). QEMU restarts from
+  // the used index, which is past the write: only the inflight region says the write is owed.
+  const std::uint64_t hdr = kHeaders + 256, status = kStatus + 256;
+  const BlkHeader h{kBlkOut, 0, 64};
+  std::memcpy(vmm.at(hdr), &h, sizeof h);
+  *vmm.at(status) = std::byte{0xee};
+  fill(vmm.at(kData + (768u << 10)), 8192, 42);
+  vmm.descs(0)[20] = {hdr, 16, kDescNext, 21};
+  vmm.descs(0)[21] = {kData + (768u << 10), 8192, kDescNext, 22};
+  vmm.descs(0)[22] = {status, 1, kDescWrite, 0};
+  vmm.publish(0, 20);  // (nobody reads the kick: the driver is dead)
+  const BlkHeader fl{kBlkFlush, 0, 0};
+  std::memcpy(vmm.at(hdr + 64), &fl, sizeof fl);
+  vmm.descs(0)[30] = {hdr + 64, 16, kDescNext, 31};
+  vmm.descs(0)[31] = {status + 1, 1, kDescWrite, 0};
+  vmm.publish(0, 30);
+  vmm.inflight_desc(0)[20].inflight = 1;
+  vmm.inflight_desc(0)[20].counter = 1000;
+  vmm.inflight_desc(0)[30].counter = 1001;
+  vmm.fake_used(0, 30, 1);
+  vmm.inflight(0)->used_idx = 2;
+
+  auto d = blk::DriverProcess::start({"io", f.fabric->socket, false});
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  f.driver = d->release();
+  ASSERT_TRUE(vmm.reconnect(f.sock("vm1"))) << "the restarted driver does not take the VMM";
+  ASSERT_NE(vmm.start(), 0u);
+  auto e = vmm.wait_used(0);
+  ASSERT_TRUE(e.has_value()) << "the request the dead driver had taken never completed";
+  EXPECT_EQ(e->id, 20u);
+  EXPECT_EQ(*vmm.at(status), std::byte{kBlkOk});
+  EXPECT_EQ(vmm.inflight_desc(0)[20].inflight, 0u);
+  auto a = Partition::attach("a", {f.fabric->socket});
+  ASSERT_TRUE(a.ok());
+  auto dev = a->block_device("disk0");
+  ASSERT_TRUE(dev.ok());
+  auto buf = dev->allocate(8192).value();
+  ASSERT_TRUE(dev->read(64 * 512, buf, 8192, kBound).ok());
+  EXPECT_TRUE(filled(buf.data.data(), 8192, 42)) << "the replayed write's data is not on the device";
+  // And the queue goes on from there.
+  fill(vmm.data(0), 4096, 3);
+  EXPECT_EQ(vmm.blk(0, kBlkOut, 128, 4096), kBlkOk);
 }
 
 // Only the VM image's uid reaches its socket: another user's connection is closed at once.

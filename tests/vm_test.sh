@@ -44,7 +44,8 @@ fabric_serve io
 [ -S "$dir/vm1.sock" ] || fail "no vhost-user socket for vm1"
 [ "$(stat -c %a "$dir/vm1.sock")" = 600 ] || fail "vm1's socket is not mode 0600"
 
-# boot VM SCRIPT: runs SCRIPT as the guest's /test.sh; its console goes to $dir/VM.log.
+# boot VM SCRIPT [wait]: runs SCRIPT as the guest's /test.sh; its console goes to $dir/VM.log.
+# With "nowait" it returns at once (the caller waits for $qemu).
 boot() {
   local vm=$1 script=$2 work=$dir/$1-initrd
   mkdir -p "$work"
@@ -55,9 +56,15 @@ boot() {
   timeout -k 5 200 qemu-system-x86_64 -accel "$accel" -m 256 -smp 2 -nodefaults -no-reboot -display none -serial stdio \
     -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
     -kernel "$guest/vmlinuz" -initrd "$work/initrd.img" -append "console=ttyS0 panic=-1 quiet" \
-    -chardev socket,id=disk,path="$dir/$vm.sock" -device vhost-user-blk-pci,chardev=disk,num-queues=2 \
-    > "$dir/$vm.log" 2>&1 || fail "qemu for $vm failed (exit $?)"
-  grep -q "GUEST-EXIT 0" "$dir/$vm.log" || fail "the $vm guest's test failed"
+    -chardev socket,id=disk,path="$dir/$vm.sock",reconnect=1 -device vhost-user-blk-pci,chardev=disk,num-queues=2 \
+    > "$dir/$vm.log" 2>&1 &
+  qemu=$!
+  pids+=($qemu)
+  [ "${3:-}" = nowait ] || boot_wait "$vm"
+}
+boot_wait() {
+  wait "$qemu" || fail "qemu for $1 failed (exit $?)"
+  grep -q "GUEST-EXIT 0" "$dir/$1.log" || fail "the $1 guest's test failed"
 }
 value() { sed -n "s/^$1 //p" "$dir/$2.log" | tr -d '\r' | head -1; }
 
@@ -97,12 +104,40 @@ grep -q "^churn rounds [1-9]" "$dir/churn.log" || fail "the process partition ma
 [ "$(value PROC vm1)" = "$proc_sha" ] || fail "the guest read something else than the process partition wrote"
 [ "$(value READ_A vm1)" = "$(value WROTE_A vm1)" ] || fail "O_DIRECT data read back differs"
 [ "$(value READ_B vm1)" = "$(value WROTE_B vm1)" ] || fail "buffered data read back differs"
+wrote_a=$(value WROTE_A vm1)
 step "the process partition reads what the guest wrote"
 [ "$("$tool" "$sock" app disk0 read 0 2097152 | sha256sum | cut -d' ' -f1)" = "$(value WROTE_A vm1)" ] ||
   fail "the process partition reads something else than the guest wrote"
 "$bin" stat --socket "$sock" > "$dir/stat.out"
 awk '$1 == "disk0" && $2 == "vm1" { found = 1; if ($5 + 0 < 10 || $6 + 0 < 10) exit 1 } END { exit !found }' "$dir/stat.out" ||
   { cat "$dir/stat.out"; fail "stat does not count vm1's reads and writes"; }
+
+cat > "$dir/restart.sh" <<'EOF'
+#!/bin/sh
+errors=0
+echo "IO-START"
+i=0
+while [ $i -lt 48 ]; do
+  dd if=/dev/urandom of=/tmp/a bs=65536 count=4 2>/dev/null
+  dd if=/tmp/a of=/dev/vda bs=65536 seek=$((256 + i * 4)) oflag=direct 2>/dev/null || errors=$((errors + 1))
+  dd if=/dev/vda of=/tmp/b bs=65536 skip=$((256 + i * 4)) count=4 iflag=direct 2>/dev/null || errors=$((errors + 1))
+  cmp -s /tmp/a /tmp/b || errors=$((errors + 1))
+  i=$((i + 1))
+done
+echo "IO-ERRORS $errors"
+dmesg | grep -c "I/O error" | sed 's/^/KERNEL-IO-ERRORS /'
+EOF
+step "vm1 does I/O while interpart serve is killed (-9) and restarted"
+boot vm1 "$dir/restart.sh" nowait
+for _ in $(seq 600); do grep -q IO-START "$dir/vm1.log" && break; sleep 0.1; done
+grep -q IO-START "$dir/vm1.log" || fail "vm1 did not start its I/O"
+sleep 0.3
+kill -9 "$serve"
+wait "$serve" 2>/dev/null || true
+fabric_serve io
+boot_wait vm1
+[ "$(value IO-ERRORS vm1)" = 0 ] || fail "the guest saw $(value IO-ERRORS vm1) failed or wrong I/Os across the driver's restart"
+[ "$(value KERNEL-IO-ERRORS vm1)" = 0 ] || fail "the guest's kernel logged I/O errors across the driver's restart"
 
 cat > "$dir/vm2.sh" <<'EOF'
 #!/bin/sh
@@ -114,6 +149,6 @@ step "vm2 (read-only client) boots"
 boot vm2 "$dir/vm2.sh"
 [ "$(value RO vm2)" = 1 ] || fail "vm2's disk is not read-only in the guest"
 [ "$(value WRITE vm2)" = refused ] || fail "vm2 could write"
-[ "$(value READ_A vm2)" = "$(value WROTE_A vm1)" ] || fail "vm2 reads something else than vm1 wrote"
+[ "$(value READ_A vm2)" = "$wrote_a" ] || fail "vm2 reads something else than vm1 wrote"
 echo "process partition beside vm1: $(cat "$dir/churn.log")"
-echo "vm: ok ($accel; guest and process partition shared disk0, read-only VM refused writes)"
+echo "vm: ok ($accel; guest and process partition shared disk0, the guest's I/O went on across kill -9 of the driver, read-only VM refused writes)"

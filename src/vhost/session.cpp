@@ -1,7 +1,10 @@
 #include "vhost/session.hpp"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -35,6 +38,8 @@ const char* request_name(std::uint32_t r) {
     case kSetVringEnable: return "SET_VRING_ENABLE";
     case kGetConfig: return "GET_CONFIG";
     case kSetConfig: return "SET_CONFIG";
+    case kGetInflightFd: return "GET_INFLIGHT_FD";
+    case kSetInflightFd: return "SET_INFLIGHT_FD";
     default: return "(unknown)";
   }
 }
@@ -144,6 +149,10 @@ bool Session::start_queue(std::uint32_t q, std::string* why) {
       !r)
     return *why = "queue " + std::to_string(q) + ": " + r.error().message(), false;
   v.queue.set_base(v.base);
+  if (inflight_ && q < inflight_->queues && v.num == inflight_->queue_size)
+    v.queue.set_inflight(static_cast<std::byte*>(inflight_->base) + q * inflight_queue_bytes(v.num));
+  if (const unsigned again = v.queue.start(); again > 0)
+    IP_LOG_INFO("%s: queue %u: %u request(s) a previous back-end had taken are served again", name_.c_str(), q, again);
   v.started = true;
   v.broken = false;
   // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as it starts.
@@ -175,6 +184,28 @@ void Session::interrupt(std::uint32_t q) {
   (void)!::write(v.call.get(), &one, sizeof one);
 }
 
+Session::Inflight::~Inflight() {
+  if (base) ::munmap(base, bytes);
+}
+
+bool Session::map_inflight(int fd, const InflightMsg& m, bool fresh, std::string* why) {
+  if (m.num_queues == 0 || m.num_queues > vrings_.size() || m.queue_size == 0 || m.queue_size > kMaxQueueSize || (m.queue_size & (m.queue_size - 1)))
+    return *why = "inflight region for " + std::to_string(m.num_queues) + " queues of " + std::to_string(m.queue_size), false;
+  const std::size_t bytes = m.num_queues * inflight_queue_bytes(m.queue_size);
+  struct stat st {};
+  if (!fresh && (::fstat(fd, &st) != 0 || m.mmap_offset != 0 || m.mmap_size < bytes || static_cast<std::uint64_t>(st.st_size) < bytes))
+    return *why = "inflight region smaller than its queues need", false;
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return *why = std::string("mmap of the inflight region: ") + std::strerror(errno), false;
+  auto r = std::make_unique<Inflight>();
+  r->base = p;
+  r->bytes = bytes;
+  r->queues = m.num_queues;
+  r->queue_size = m.queue_size;
+  inflight_ = std::move(r);
+  return true;
+}
+
 bool Session::queue_drained(std::uint32_t q, std::string* why) {
   if (pending_base_ != static_cast<int>(q)) return true;
   pending_base_ = -1;
@@ -194,7 +225,7 @@ bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<Uniqu
     return true;
   };
   const std::uint64_t offered = host_->device_features() | kFProtocolFeatures;
-  const std::uint64_t protocols = kPMq | kPReplyAck | kPConfig;
+  const std::uint64_t protocols = kPMq | kPReplyAck | kPConfig | kPInflight;
   switch (h.request) {
     case kGetFeatures:
       return reply(h, &offered, sizeof offered);
@@ -333,7 +364,31 @@ bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<Uniqu
       return reply(h, out, sizeof c + c.size);
     }
     case kSetConfig:
-      return ack(h, true);  // (the writeback flag; this device's cache mode is the backend's)
+      return ack(h, true);
+    case kGetInflightFd: {
+      InflightMsg m;
+      if (!payload_as(h, p, &m)) return bad("payload is not an inflight description");
+      UniqueFd fd(::memfd_create("interpart-inflight", MFD_CLOEXEC));
+      const std::size_t bytes = m.num_queues * inflight_queue_bytes(m.queue_size);
+      if (!fd || m.num_queues == 0 || ::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return bad("cannot make the inflight region");
+      std::string what;
+      if (!map_inflight(fd.get(), m, true, &what)) return bad(what);
+      for (std::uint32_t q = 0; q < m.num_queues; ++q) {
+        auto* hdr = reinterpret_cast<InflightHeader*>(static_cast<std::byte*>(inflight_->base) + q * inflight_queue_bytes(m.queue_size));
+        hdr->version = 1;
+        hdr->desc_num = m.queue_size;
+      }
+      const InflightMsg out{bytes, 0, m.num_queues, m.queue_size, 0};
+      return reply(h, &out, sizeof out, fd.get());
+    }
+    case kSetInflightFd: {
+      InflightMsg m;
+      if (!payload_as(h, p, &m) || fds.size() != 1) return bad("payload or descriptor");
+      std::string what;
+      if (!map_inflight(fds[0].get(), m, false, &what)) return bad(what);
+      fds.clear();
+      return ack(h, true);
+    }  // (the writeback flag; this device's cache mode is the backend's)
     default:
       // A request this back-end never offered the feature for: answered "failed" where the
       // front-end asked for an answer, otherwise ignored.

@@ -70,12 +70,20 @@ struct VringAddr {
   std::uint64_t avail_user_addr;
   std::uint64_t log_guest_addr;
 };
+struct InflightMsg {  // GET_INFLIGHT_FD / SET_INFLIGHT_FD
+  std::uint64_t mmap_size;
+  std::uint64_t mmap_offset;
+  std::uint16_t num_queues;
+  std::uint16_t queue_size;
+  std::uint32_t padding;
+};
 struct ConfigHeader {
   std::uint32_t offset;
   std::uint32_t size;
   std::uint32_t flags;
 };
-static_assert(sizeof(MsgHeader) == 12 && sizeof(VringState) == 8 && sizeof(VringAddr) == 40 && sizeof(ConfigHeader) == 12,
+static_assert(sizeof(MsgHeader) == 12 && sizeof(VringState) == 8 && sizeof(VringAddr) == 40 && sizeof(ConfigHeader) == 12 &&
+                  sizeof(InflightMsg) == 24,
               "vhost-user protocol layout");
 
 // What the device behind a session provides.
@@ -142,6 +150,16 @@ class Session {
   std::string name_;
   std::vector<Vring> vrings_;
   std::shared_ptr<GuestMemory> memory_;
+  // The inflight regions (INFLIGHT_SHMFD): made by GET_INFLIGHT_FD, or given back by the VMM
+  // after a restart with SET_INFLIGHT_FD. One region of inflight_queue_bytes(size) per queue.
+  struct Inflight {
+    void* base = nullptr;
+    std::size_t bytes = 0;
+    std::uint16_t queues = 0, queue_size = 0;
+    ~Inflight();
+  };
+  std::unique_ptr<Inflight> inflight_;
+  bool map_inflight(int fd, const InflightMsg& m, bool fresh, std::string* why);
   std::uint64_t acked_features_ = 0, protocol_features_ = 0;
   bool owner_ = false;
   std::vector<std::byte> buf_;  // the message being read (header, then payload)

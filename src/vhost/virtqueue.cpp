@@ -1,8 +1,10 @@
 #include "vhost/virtqueue.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "common/atomics.hpp"
 
@@ -33,13 +35,69 @@ Result<void> SplitQueue::configure(const GuestMemory* mem, std::uint32_t num, st
   desc_ = reinterpret_cast<const VringDesc*>(desc);
   avail_ = avail;
   used_ = used;
-  signalled_used_ = used_idx_;
+  inflight_ = nullptr;
   return {};
 }
 
-bool SplitQueue::has_available() const { return avail_idx().load(std::memory_order_acquire) != last_avail_; }
+bool SplitQueue::has_available() const { return !resubmit_.empty() || avail_idx().load(std::memory_order_acquire) != last_avail_; }
+
+unsigned SplitQueue::start() {
+  used_idx_ = used_idx().load(std::memory_order_acquire);
+  signalled_used_ = used_idx_;
+  resubmit_.clear();
+  last_pop_ = -1;
+  if (!inflight_) return 0;
+  InflightHeader& h = *inflight_;
+  InflightDesc* d = inflight_desc();
+  if (h.version != 1 || h.desc_num != num_) {  // a fresh region, or one for another queue size
+    std::memset(inflight_, 0, inflight_queue_bytes(num_));
+    h.version = 1;
+    h.desc_num = static_cast<std::uint16_t>(num_);
+    h.used_idx = used_idx_;
+    return 0;
+  }
+  // The last batch was published but its flags may not all have been cleared.
+  if (h.used_idx != used_idx_) {
+    const std::uint16_t batch = static_cast<std::uint16_t>(used_idx_ - h.used_idx);
+    std::uint16_t i = h.last_batch_head;
+    for (std::uint32_t k = 0; k < batch && k < num_ && i < num_; ++k) {
+      d[i].inflight = 0;
+      i = d[i].next;
+    }
+    h.used_idx = used_idx_;
+  }
+  std::vector<std::pair<std::uint64_t, std::uint16_t>> taken;
+  for (std::uint32_t i = 0; i < num_; ++i)
+    if (d[i].inflight == 1) taken.emplace_back(d[i].counter, static_cast<std::uint16_t>(i));
+    else d[i].inflight = 0;
+  std::sort(taken.begin(), taken.end());
+  counter_ = 1;
+  for (const auto& [counter, head] : taken) {
+    resubmit_.push_back(head);
+    counter_ = std::max(counter_, counter + 1);
+  }
+  last_avail_ = static_cast<std::uint16_t>(used_idx_ + resubmit_.size());
+  return static_cast<unsigned>(resubmit_.size());
+}
+
+void SplitQueue::unpop() {
+  if (last_pop_ <= -2) {
+    resubmit_.push_front(static_cast<std::uint16_t>(-2 - last_pop_));
+  } else if (last_pop_ >= 0) {
+    --last_avail_;
+    if (inflight_) inflight_desc()[last_pop_].inflight = 0;
+  }
+  last_pop_ = -1;
+}
 
 int SplitQueue::pop(Chain* out, const char** why) {
+  if (!resubmit_.empty()) {
+    const std::uint16_t head = resubmit_.front();
+    resubmit_.pop_front();
+    if (int r = walk(head, out, why); r < 0) return r;
+    last_pop_ = -2 - head;
+    return 1;
+  }
   const std::uint16_t avail = avail_idx().load(std::memory_order_acquire);  // the ring entries after it
   if (avail == last_avail_) return 0;
   if (static_cast<std::uint16_t>(avail - last_avail_) > num_) return *why = "the available index ran more than a queue ahead", -1;
@@ -47,6 +105,12 @@ int SplitQueue::pop(Chain* out, const char** why) {
   if (head >= num_) return *why = "an available head outside the descriptor table", -1;
   if (int r = walk(head, out, why); r < 0) return r;
   ++last_avail_;
+  last_pop_ = head;
+  if (inflight_) {
+    InflightDesc& d = inflight_desc()[head];
+    d.counter = counter_++;
+    d.inflight = 1;
+  }
   if (event_idx_) store16(used_ + 4 + 8 * num_, last_avail_);  // avail_event: kick once past what we took
   return 1;
 }
@@ -91,7 +155,17 @@ void SplitQueue::push(std::uint16_t head, std::uint32_t len) {
   const VringUsedElem v{head, len};
   std::memcpy(e, &v, sizeof v);
   ++used_idx_;
-  used_idx().store(used_idx_, std::memory_order_release);  // the element before the index
+  if (!inflight_) {
+    used_idx().store(used_idx_, std::memory_order_release);  // the element before the index
+    return;
+  }
+  // A batch of one, in the spec's order: list it, publish it, then clear its flag.
+  InflightDesc& d = inflight_desc()[head];
+  d.next = inflight_->last_batch_head;
+  inflight_->last_batch_head = head;
+  used_idx().store(used_idx_, std::memory_order_release);
+  d.inflight = 0;
+  inflight_->used_idx = used_idx_;
 }
 
 bool SplitQueue::need_interrupt() {
