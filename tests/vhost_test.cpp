@@ -59,6 +59,15 @@ queues = 2
 depth = 16
 clients = { a = "rw", vm1 = "rw", vm2 = "ro" }
 vhost_user = { vm1 = ")" + dir + R"(/vm1.sock", vm2 = ")" + dir + R"(/vm2.sock" }
+[[devices]]
+name = "slow0"
+image = "io"
+backend = "memory"
+size = "4MiB"
+depth = 16
+clients = { a = "rw", vm1 = "rw" }
+qos = { vm1 = { iops_limit = 1000 } }
+vhost_user = { vm1 = ")" + dir + R"(/vm1-slow.sock" }
 )");
 }
 
@@ -424,7 +433,7 @@ TEST(VhostUser, GuestAndProcessClientShareTheDevice) {
   ASSERT_TRUE(snap.ok());
   bool seen = false;
   for (const auto& row : fabric::build_model(*snap, nullptr, 0).devices)
-    if (row.client == "vm1") {
+    if (row.client == "vm1" && row.device == "disk0") {
       seen = true;
       EXPECT_GE(row.stat.writes, 1u);
       EXPECT_GE(row.stat.reads, 2u);
@@ -597,6 +606,36 @@ TEST(VhostUser, ARestartedDriverServesWhatItsPredecessorHadTaken) {
   // And the queue goes on from there.
   fill(vmm.data(0), 4096, 3);
   EXPECT_EQ(vmm.blk(0, kBlkOut, 128, 4096), kBlkOk);
+}
+
+// A VM client's ceiling is the same token bucket as a process client's: held by count, while
+// the process client beside it on the device is not limited.
+TEST(VhostUser, IopsLimitHoldsForAVmClient) {
+  VmFabric f;
+  FakeVmm vmm(f.dir.path() + "/vm1-slow.sock", 1);
+  ASSERT_TRUE(vmm.connected());
+  ASSERT_NE(vmm.start(), 0u);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::uint64_t n = 0;
+  while (std::chrono::steady_clock::now() - t0 < 500ms) {
+    ASSERT_EQ(vmm.blk(0, kBlkIn, 0, 4096), kBlkOk);
+    ++n;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LE(static_cast<double>(n), 1000 * secs + 100 + 16) << "limit 1000 IOPS + a 0.1 s burst, over " << secs << " s";
+  EXPECT_GE(static_cast<double>(n), 1000 * secs * 0.5) << "it does get its share";
+  auto a = Partition::attach("a", {f.fabric->socket});
+  ASSERT_TRUE(a.ok());
+  auto dev = a->block_device("slow0");
+  ASSERT_TRUE(dev.ok());
+  auto buf = dev->allocate(4096).value();
+  const auto t1 = std::chrono::steady_clock::now();
+  std::uint64_t m = 0;
+  while (std::chrono::steady_clock::now() - t1 < 300ms) {
+    ASSERT_TRUE(dev->read(0, buf, 4096, kBound).ok());
+    ++m;
+  }
+  EXPECT_GT(m, 3 * 1000 * 0.3) << "no limit for the process client: well above the VM's ceiling";
 }
 
 // Only the VM image's uid reaches its socket: another user's connection is closed at once.
