@@ -14,6 +14,7 @@
 #include "blk/driver_process.hpp"
 #include "cli/commands.hpp"
 #include "cli/demo_block.hpp"
+#include "cli/demo_vm.hpp"
 #include "fabric/spawn.hpp"
 #include "fabric/stat_client.hpp"
 #include "interpart/interpart.hpp"
@@ -175,8 +176,9 @@ pid_t fork_run(int (*fn)(const Plan&), const Plan& plan) {
 }
 
 // The I/O partition serves the first device; two of its clients run a verified workload on
-// halves of it at the same time.
-int run_block_phase(const config::Fabric& f, const std::string& socket, double seconds) {
+// halves of it at the same time (with a VM partition: of its first three quarters, the guest
+// having the last one).
+int run_block_phase(const config::Fabric& f, const std::string& socket, double seconds, std::optional<VmDemo>& vm) {
   const config::Device& d = f.devices[0];
   if (d.clients.empty()) return 0;
   auto driver = blk::DriverProcess::start({f.images[d.image].name, socket, false});
@@ -188,8 +190,8 @@ int run_block_phase(const config::Fabric& f, const std::string& socket, double s
               d.backend == config::Backend::file ? "file" : d.backend == config::Backend::memory ? "memory" : "null",
               static_cast<unsigned long long>(d.size >> 20), f.images[d.image].name.c_str(), driver->pid());
   std::vector<BlockClientPlan> plans;
-  const std::size_t n = std::min<std::size_t>(2, d.clients.size());
-  const std::uint64_t per = d.size / 4096 / n;
+  const std::size_t n = std::min<std::size_t>(2, d.clients.size() - (vm ? 1 : 0));
+  const std::uint64_t per = (vm ? d.size * 3 / 4 : d.size) / 4096 / n;
   for (std::size_t i = 0; i < n; ++i) {
     if (!d.clients[i].writable) continue;
     plans.push_back({f.images[d.clients[i].image].name, d.name, socket, i * per, per, seconds, 17 + i});
@@ -198,6 +200,11 @@ int run_block_phase(const config::Fabric& f, const std::string& socket, double s
   }
   std::printf("\n  mixed 4 KiB random I/O, 70%% reads, queue depth %u, every read checked against the last write\n", d.depth);
   std::fflush(stdout);
+  int rc = 0;
+  if (vm && !start_vm(*vm, seconds)) {
+    std::printf("  %s: the guest did not start its I/O\n", vm->image.c_str());
+    rc = 1;
+  }
   std::vector<pid_t> pids;
   for (const auto& bp : plans) {
     std::fflush(nullptr);
@@ -205,12 +212,12 @@ int run_block_phase(const config::Fabric& f, const std::string& socket, double s
     if (pid == 0) std::_Exit(run_block_client(bp));
     pids.push_back(pid);
   }
-  int rc = 0;
   for (pid_t pid : pids) {
     int st = 0;
     ::waitpid(pid, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) rc = 1;
   }
+  if (vm && !finish_vm(*vm)) rc = 1;
   if (driver->stop() != 0) rc = 1;
   return rc;
 }
@@ -248,6 +255,13 @@ int cmd_demo(const std::string& file, double seconds) {
   // File devices live in the temporary directory, as sparse images.
   for (auto& d : f->devices)
     if (d.backend == config::Backend::file) d.path = std::string(dir) + "/" + d.name + ".img";
+  // A VM partition too, where QEMU and a built guest are here.
+  std::optional<VmDemo> vm;
+  std::string no_vm;
+  if (!f->devices.empty() && f->images.size() < config::kMaxImages) {
+    vm = find_vm_demo(&no_vm);
+    if (vm) add_vm_client(*f, *vm, dir);
+  }
   int rc = 0;
   {
     auto m = fabric::ManagerProcess::start(*f, plan.socket);
@@ -267,12 +281,16 @@ int cmd_demo(const std::string& file, double seconds) {
       ::waitpid(pid, &st, 0);
       if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) rc = 1;
     }
-    if (rc == 0 && !f->devices.empty()) rc = run_block_phase(*f, plan.socket, seconds);
+    if (rc == 0 && !f->devices.empty()) {
+      if (!vm) std::printf("\n(no VM partition in this demo: %s)\n", no_vm.c_str());
+      rc = run_block_phase(*f, plan.socket, seconds, vm);
+    }
     if (auto s = fabric::fetch_stats(plan.socket)) std::printf("\ninterpart stat:\n%s", fabric::format_stats(*s).c_str());
     m->stop();
   }
   for (auto& d : f->devices)
     if (d.backend == config::Backend::file) ::unlink(d.path.c_str());
+  if (vm) ::unlink(vm->socket.c_str());
   ::rmdir(dir);
   std::printf("\n%s\n", rc == 0 ? "demo finished: fabric down, nothing left behind" : "demo FAILED");
   return rc;
