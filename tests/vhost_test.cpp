@@ -109,6 +109,7 @@ class FakeVmm {
     for (std::uint32_t q = 0; q < queues_; ++q) {
       kick_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
       call_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      err_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     }
     next_avail_.assign(queues_, 0);
     last_used_.assign(queues_, 0);
@@ -259,14 +260,21 @@ class FakeVmm {
       if (!acked(kSetVringNum, &num, sizeof num) || !acked(kSetVringBase, &base, sizeof base) || !acked(kSetVringAddr, &addr, sizeof addr))
         return 0;
       const std::uint64_t kick = q, call = q;
-      const int kfd = kick_[q].get(), cfd = call_[q].get();
-      if (!acked(kSetVringCall, &call, sizeof call, &cfd, 1) || !acked(kSetVringKick, &kick, sizeof kick, &kfd, 1)) return 0;
+      const int kfd = kick_[q].get(), cfd = call_[q].get(), efd = err_[q].get();
+      if (!acked(kSetVringCall, &call, sizeof call, &cfd, 1) || !acked(kSetVringErr, &call, sizeof call, &efd, 1) ||
+          !acked(kSetVringKick, &kick, sizeof kick, &kfd, 1))
+        return 0;
       const VringState on{q, 1};
       if (!acked(kSetVringEnable, &on, sizeof on)) return 0;
     }
     return features_;
   }
 
+  // Whether the back-end signalled queue q's error eventfd (it broke the queue).
+  bool error_signalled(std::uint32_t q) {
+    std::uint64_t v = 0;
+    return ::read(err_[q].get(), &v, sizeof v) == sizeof v && v > 0;
+  }
   std::byte* at(std::uint64_t gpa) { return mem_ + gpa; }
   std::uint64_t uva(std::uint64_t gpa) const { return reinterpret_cast<std::uint64_t>(mem_) + gpa; }
   std::uint64_t desc(std::uint32_t q) const { return kRingBase + q * kRingStride; }
@@ -339,7 +347,7 @@ class FakeVmm {
   UniqueFd mem_fd_, sock_;
   std::byte* mem_ = nullptr;
   bool connected_ = false;
-  std::vector<UniqueFd> kick_, call_;
+  std::vector<UniqueFd> kick_, call_, err_;
   std::vector<std::uint16_t> next_avail_, last_used_;
   std::vector<std::uint32_t> free_desc_;
   std::uint64_t features_ = 0, queue_num_ = 0;
@@ -495,6 +503,8 @@ TEST(VhostUser, HostileChainsBreakOnlyTheirQueue) {
     ASSERT_EQ(vmm.blk(0, kBlkIn, 0, 4096), kBlkOk);  // queue 0 works before
     c.make(vmm);
     EXPECT_FALSE(vmm.wait_used(0, 300ms).has_value()) << "a broken chain was completed";
+    EXPECT_TRUE(vmm.error_signalled(0)) << "the VMM was not told (vring error eventfd)";
+    EXPECT_FALSE(vmm.error_signalled(1));
     EXPECT_EQ(vmm.blk(1, kBlkIn, 0, 4096), kBlkOk) << "the other queue stopped";
     ASSERT_TRUE(dev->read(0, buf, 4096, kBound).ok()) << "the process client was hurt";
   }

@@ -174,6 +174,10 @@ void Session::break_queue(std::uint32_t q, const char* why) {
   if (v.broken) return;
   IP_LOG_WARN("%s: queue %u broken by the guest (%s); not served until the front-end resets it", name_.c_str(), q, why);
   v.broken = true;
+  if (v.err) {
+    const std::uint64_t one = 1;
+    (void)!::write(v.err.get(), &one, sizeof one);
+  }
   host_->queue_changed(q);
 }
 
@@ -339,6 +343,7 @@ bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<Uniqu
         fds.clear();
       }
       if (h.request == kSetVringCall) vrings_[q].call = std::move(fd);
+      else if (h.request == kSetVringErr) vrings_[q].err = std::move(fd);
       else if (h.request == kSetVringKick) {
         vrings_[q].kick = std::move(fd);
         if (!start_queue(q, why)) return false;

@@ -106,7 +106,7 @@ struct Vring {
   VringAddr addr{};
   bool addr_set = false;
   std::uint16_t base = 0;
-  UniqueFd kick, call;
+  UniqueFd kick, call, err;  // err: signalled when the guest breaks the queue (the VMM logs it)
   bool started = false;  // kick descriptor given, rings configured
   bool enabled = false;
   bool broken = false;   // the guest broke the ring: no longer served until the front-end resets it
