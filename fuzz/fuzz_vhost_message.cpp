@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/fd_passing.hpp"
 #include "fuzz_input.hpp"
 #include "vhost/session.hpp"
 
@@ -67,21 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
     for (int i = 0; i < fds_wanted && i < 3; ++i) fds[nfds++] = i == 0 ? mem.get() : ::eventfd(0, EFD_CLOEXEC);
     // Sent in up to two pieces (the descriptors with the first).
     const std::size_t first = std::min<std::size_t>(msg.size(), 1 + in.take<std::uint16_t>() % msg.size());
-    iovec iov{msg.data(), first};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 3)];
-    if (nfds) {
-      m.msg_control = control;
-      m.msg_controllen = CMSG_SPACE(sizeof(int) * static_cast<unsigned>(nfds));
-      cmsghdr* c = CMSG_FIRSTHDR(&m);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * static_cast<unsigned>(nfds));
-      std::memcpy(CMSG_DATA(c), fds, sizeof(int) * static_cast<unsigned>(nfds));
-    }
-    const bool sent = ::sendmsg(vmm.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0;
+    const bool sent = send_with_fds(vmm.get(), msg.data(), first, fds, static_cast<std::size_t>(nfds), MSG_DONTWAIT) >= 0;
     for (int i = 1; i < nfds; ++i) ::close(fds[i]);
     if (!sent) break;
     std::string why;

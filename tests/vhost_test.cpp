@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "blk/driver_process.hpp"
+#include "common/fd_passing.hpp"
 #include "fabric/stat_client.hpp"
 #include "helpers.hpp"
 #include "interpart/block.hpp"
@@ -125,21 +126,7 @@ class FakeVmm {
     std::vector<std::byte> out(sizeof h + size);
     std::memcpy(out.data(), &h, sizeof h);
     if (size) std::memcpy(out.data() + sizeof h, payload, size);
-    iovec iov{out.data(), out.size()};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
-    if (nfds) {
-      m.msg_control = control;
-      m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-      cmsghdr* c = CMSG_FIRSTHDR(&m);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-      std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-    }
-    return ::sendmsg(sock_.get(), &m, MSG_NOSIGNAL) == static_cast<ssize_t>(out.size());
+    return send_with_fds(sock_.get(), out.data(), out.size(), fds, static_cast<std::size_t>(nfds)) == static_cast<long>(out.size());
   }
   // Reads one reply: its payload; empty when the back-end closed the connection or was silent.
   std::vector<std::byte> reply(std::uint32_t request) {

@@ -246,7 +246,6 @@ void Manager::Impl::on_conn(int fd) {
       if (h.type == wire::kOpenDevice) return handle_open_device(c, req);
       if (h.type == wire::kServeDevice) return handle_serve_device(c, req);
       if (h.type == wire::kCloseDevice) return handle_close_device(c, req);
-      if (h.type == wire::kOpenVmAttachment) return handle_open_vm_attachment(c, req);
       return handle_open_attachment(c, req);
     }
     case wire::kListen: {

@@ -140,18 +140,29 @@ void Manager::Impl::handle_serve_device(Conn& c, const wire::DeviceRequest& req)
   IP_LOG_INFO("device %s served by %s (pid %d)", name.c_str(), image_name(c.image).c_str(), c.pid);
 }
 
+// A driver opens an attachment of a device it serves: a process client's (the segment and the
+// queues' bells), or a VM client's (wire type 26: the segment, for its counters, a fresh
+// generation the first time; and the VM's vhost-user socket, which stays ours across drivers).
 void Manager::Impl::handle_open_attachment(Conn& c, const wire::DeviceRequest& req) {
   const std::uint32_t att = req.index;
+  const bool vm = req.h.type == wire::kOpenVmAttachment;
   if (att >= ctl.attachment_count()) return reply_status(c, -ENOENT, "no attachment " + std::to_string(att));
-  const table::AttachmentEntry& a = ctl.attachment(att);
+  table::AttachmentEntry& a = ctl.attachment(att);
+  if (((a.flags & table::kAttachVm) != 0) != vm)
+    return reply_status(c, -ENOENT, "attachment " + std::to_string(att) + (vm ? " is not a VM's" : " is a VM's (opened with type 26)"));
   if (std::find(c.serves.begin(), c.serves.end(), a.device) == c.serves.end())
     return reply_status(c, -EACCES, "this process does not serve the device of attachment " + std::to_string(att));
   AttachmentInstance& inst = attachments[att];
   table::AttachmentState st = ctl.attachment_state(att);
+  if (vm && !inst.live) {
+    st.generation += 1;
+    if (auto r = recreate_attachment(att, st.generation); !r) return reply_status(c, -r.error().code, r.error().message());
+    st.client = table::SideState::open;
+  }
   if (!inst.live) return reply_status(c, -ENOENT, "attachment " + std::to_string(att) + " has no client yet");
   st.driver = table::SideState::open;
   set_attachment_state(att, st);
-  ctl.attachment(att).driver_pid.store(static_cast<std::uint32_t>(c.pid), std::memory_order_relaxed);
+  a.driver_pid.store(static_cast<std::uint32_t>(c.pid), std::memory_order_relaxed);
   const table::DeviceEntry& d = ctl.device(a.device);
   wire::DeviceReply rep{};
   rep.h = wire::header(wire::kDeviceReply, sizeof rep);
@@ -161,39 +172,12 @@ void Manager::Impl::handle_open_attachment(Conn& c, const wire::DeviceRequest& r
   rep.segment_bytes = a.segment_bytes;
   rep.queues = d.queues;
   std::vector<int> fds{inst.seg.get()};
-  for (std::uint32_t q = 0; q < d.queues; ++q) {
+  if (vm) fds.push_back(vhost_sockets[att].listener.get());
+  for (std::uint32_t q = 0; q < d.queues && !vm; ++q) {
     fds.push_back(inst.driver_bell[q].get());
     fds.push_back(inst.client_bell[q].get());
   }
   reply_device(c, rep, fds);
-}
-
-// A driver takes up a VM client of a device it serves: the attachment (its counters; a fresh
-// generation the first time) and the VM's vhost-user socket, which stays ours across drivers.
-void Manager::Impl::handle_open_vm_attachment(Conn& c, const wire::DeviceRequest& req) {
-  const std::uint32_t att = req.index;
-  if (att >= ctl.attachment_count() || !(ctl.attachment(att).flags & table::kAttachVm))
-    return reply_status(c, -ENOENT, "no VM attachment " + std::to_string(att));
-  table::AttachmentEntry& a = ctl.attachment(att);
-  if (std::find(c.serves.begin(), c.serves.end(), a.device) == c.serves.end())
-    return reply_status(c, -EACCES, "this process does not serve the device of attachment " + std::to_string(att));
-  table::AttachmentState st = ctl.attachment_state(att);
-  if (!attachments[att].live) {
-    st.generation += 1;
-    if (auto r = recreate_attachment(att, st.generation); !r) return reply_status(c, -r.error().code, r.error().message());
-    st.client = table::SideState::open;
-  }
-  st.driver = table::SideState::open;
-  set_attachment_state(att, st);
-  a.driver_pid.store(static_cast<std::uint32_t>(c.pid), std::memory_order_relaxed);
-  wire::DeviceReply rep{};
-  rep.h = wire::header(wire::kDeviceReply, sizeof rep);
-  rep.device = a.device;
-  rep.attachment = att;
-  rep.generation = st.generation;
-  rep.segment_bytes = a.segment_bytes;
-  rep.queues = ctl.device(a.device).queues;
-  reply_device(c, rep, {attachments[att].seg.get(), vhost_sockets[att].listener.get()});
 }
 
 Result<void> Manager::Impl::open_vhost_sockets() {

@@ -270,7 +270,6 @@ struct Manager::Impl {
   Result<void> create_segments();
   Result<void> open_socket();
   Result<void> open_vhost_sockets();
-  void handle_open_vm_attachment(Conn& c, const wire::DeviceRequest& req);
   void watch(std::uint32_t kind, int fd);
 
   void on_accept();

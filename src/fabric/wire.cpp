@@ -1,5 +1,7 @@
 #include "fabric/wire.hpp"
 
+#include "common/fd_passing.hpp"
+
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -8,26 +10,9 @@
 namespace interpart::wire {
 
 int send_message(int sock, const void* buf, std::size_t len, const int* fds, std::size_t nfds) noexcept {
-  iovec iov{const_cast<void*>(buf), len};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  if (nfds > kMaxFds) return -E2BIG;
-  if (nfds) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
-  for (;;) {
-    ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
-    if (n >= 0) return n == static_cast<ssize_t>(len) ? 0 : -EIO;
-    if (errno != EINTR) return -errno;
-  }
+  const long n = send_with_fds(sock, buf, len, fds, nfds);
+  if (n < 0) return static_cast<int>(n);
+  return n == static_cast<long>(len) ? 0 : -EIO;
 }
 
 long receive_message(int sock, void* buf, std::size_t cap, std::vector<UniqueFd>* fds) noexcept {

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/fd_passing.hpp"
 #include "common/unique_fd.hpp"
 #include "ring/layout.hpp"
 #include "table/control.hpp"
@@ -18,7 +19,7 @@ inline constexpr std::uint32_t kMagic = 0x57505249;  // "IRPW"
 inline constexpr std::uint16_t kVersion = 4;  // 2: ChannelStat carries latency histograms; 3: connects reserve slots;
                                               // 4: the manager sends accepted connections down the listener socket
 inline constexpr std::size_t kMaxMessage = 64 * 1024;
-inline constexpr std::size_t kMaxFds = 250;  // below the kernel's SCM_MAX_FD (253)
+inline constexpr std::size_t kMaxFds = kMaxPassedFds;  // (common/fd_passing.hpp)
 
 enum Type : std::uint16_t {
   kAttach = 1,        // AttachRequest -> AttachReply + fds (control segment, then one per grant)

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/fd_passing.hpp"
 #include "common/log.hpp"
 
 namespace interpart::vhost {
@@ -110,25 +111,11 @@ bool Session::reply(const MsgHeader& req, const void* payload, std::uint32_t siz
   if (size > sizeof out - sizeof h) return false;
   std::memcpy(out, &h, sizeof h);
   if (size) std::memcpy(out + sizeof h, payload, size);
-  iovec iov{out, sizeof h + size};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    m.msg_control = control;
-    m.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
   // Small, and the front-end waits for it: a full socket is waited for briefly, then the end.
   for (int tries = 0; tries < 100; ++tries) {
-    const ssize_t n = ::sendmsg(sock_.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n == static_cast<ssize_t>(iov.iov_len)) return true;
-    if (n >= 0 || (errno != EAGAIN && errno != EINTR)) return false;
+    const long n = send_with_fds(sock_.get(), out, sizeof h + size, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+    if (n == static_cast<long>(sizeof h + size)) return true;
+    if (n != -EAGAIN) return false;
     pollfd p{sock_.get(), POLLOUT, 0};
     ::poll(&p, 1, 10);
   }
