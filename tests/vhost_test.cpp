@@ -69,6 +69,25 @@ depth = 16
 clients = { a = "rw", vm1 = "rw" }
 qos = { vm1 = { iops_limit = 1000 } }
 vhost_user = { vm1 = ")" + dir + R"(/vm1-slow.sock" }
+[[devices]]
+name = "weighted0"
+image = "io"
+backend = "memory"
+size = "1MiB"
+depth = 64
+data_size = "512KiB"
+clients = { b = "rw", vm1 = "rw" }
+qos = { vm1 = { weight = 2 } }
+vhost_user = { vm1 = ")" + dir + R"(/vm1-weighted.sock" }
+[[devices]]
+name = "even0"
+image = "io"
+backend = "memory"
+size = "1MiB"
+depth = 64
+data_size = "512KiB"
+clients = { b = "rw", vm1 = "rw" }
+vhost_user = { vm1 = ")" + dir + R"(/vm1-even.sock" }
 )");
 }
 
@@ -633,6 +652,65 @@ TEST(VhostUser, IopsLimitHoldsForAVmClient) {
     ++m;
   }
   EXPECT_GT(m, 3 * 1000 * 0.3) << "no limit for the process client: well above the VM's ceiling";
+}
+
+// Weights share the driver between a VM and a process client by count, as between two process
+// clients: with the driver stopped, the guest queues 20 writes of block 0 (each carrying its
+// index) and the process client 48 reads of block 0; then the driver runs. What each read
+// returns is the index of the last guest write served before it. A pass serves the process
+// client's 16 (weight 1) and then the guest's 16 x weight.
+std::vector<std::uint64_t> vm_interleaving(VmFabric& f, const char* device, const char* sock) {
+  constexpr std::uint64_t kNone = ~0ull;
+  FakeVmm vmm(f.dir.path() + "/" + sock, 1);
+  EXPECT_TRUE(vmm.connected());
+  EXPECT_NE(vmm.start(), 0u);
+  auto pb = Partition::attach("b", {f.fabric->socket});
+  EXPECT_TRUE(pb.ok());
+  auto b = pb->block_device(device).value();
+  std::vector<IoBuffer> rbuf;
+  for (unsigned i = 0; i < 48; ++i) rbuf.push_back(b.allocate(4096).value());
+  std::memcpy(rbuf[0].data.data(), &kNone, sizeof kNone);
+  EXPECT_TRUE(b.write(0, rbuf[0], 4096, 0, kBound).ok());  // block 0 starts as "no guest write yet"
+  EXPECT_EQ(vmm.blk(0, kBlkIn, 8, 4096), kBlkOk);           // (both served before the driver stops)
+  EXPECT_EQ(::kill(f.driver, SIGSTOP), 0);
+  int st = 0;
+  EXPECT_EQ(::waitpid(f.driver, &st, WUNTRACED), f.driver);
+  for (std::uint64_t i = 0; i < 48; ++i) EXPECT_TRUE(b.submit(0, {BlockOp::read, 0, 0, 4096, rbuf[i].offset, i}).ok());
+  b.kick(0);
+  for (std::uint64_t i = 0; i < 20; ++i) {
+    const std::uint64_t hdr = kHeaders + 2048 + i * 16, status = kStatus + 128 + i, data = kData + i * 4096;
+    const BlkHeader h{kBlkOut, 0, 0};
+    std::memcpy(vmm.at(hdr), &h, sizeof h);
+    std::memcpy(vmm.at(data), &i, sizeof i);
+    vmm.post(0, {{hdr, 16, false}, {data, 4096, false}, {status, 1, true}});
+  }
+  EXPECT_EQ(::kill(f.driver, SIGCONT), 0);
+  std::vector<IoCompletion> c(48);
+  for (std::size_t got = 0; got < 48;) {
+    auto r = b.poll(0, std::span(c).subspan(got), 1, kBound);
+    EXPECT_TRUE(r.ok());
+    if (!r) break;
+    got += *r;
+  }
+  for (int i = 0; i < 20; ++i) EXPECT_TRUE(vmm.wait_used(0).has_value());
+  std::vector<std::uint64_t> seen(48);
+  for (unsigned j = 0; j < 48; ++j) std::memcpy(&seen[j], rbuf[j].data.data(), sizeof seen[j]);
+  return seen;
+}
+
+TEST(VhostUser, WeightsShareTheDriverWithProcessClientsByCount) {
+  VmFabric f;
+  constexpr std::uint64_t kNone = ~0ull;
+  const auto weighted = vm_interleaving(f, "weighted0", "vm1-weighted.sock");  // the guest: weight 2, 32 a pass
+  EXPECT_EQ(weighted[0], kNone) << "first pass: the process client's 16 come first";
+  EXPECT_EQ(weighted[15], kNone);
+  EXPECT_EQ(weighted[16], 19u) << "the guest's whole 20 fit its first pass (32)";
+  EXPECT_EQ(weighted[47], 19u);
+  const auto even = vm_interleaving(f, "even0", "vm1-even.sock");  // weights 1 and 1: 16 and 16
+  EXPECT_EQ(even[15], kNone);
+  EXPECT_EQ(even[16], 15u) << "second pass: the guest had 16 in the first";
+  EXPECT_EQ(even[31], 15u);
+  EXPECT_EQ(even[32], 19u);
 }
 
 // Only the VM image's uid reaches its socket: another user's connection is closed at once.
