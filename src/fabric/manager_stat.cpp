@@ -61,8 +61,9 @@ void Manager::Impl::handle_stat(Conn& c) {
         const auto& k = v.ctl->counters;
         a.submitted += v.ctl->sq_tail.count.load(std::memory_order_relaxed);
         a.completed += v.ctl->cq_tail.count.load(std::memory_order_relaxed);
-        a.in_flight += static_cast<std::uint32_t>(v.ctl->sq_tail.value.load(std::memory_order_relaxed) -
-                                                  v.ctl->cq_tail.value.load(std::memory_order_relaxed)) % (d.depth + 1);
+        // (A VM's queues are the guest's, up to 32768 deep: the driver keeps both counts itself.)
+        const std::uint32_t diff = v.ctl->sq_tail.value.load(std::memory_order_relaxed) - v.ctl->cq_tail.value.load(std::memory_order_relaxed);
+        a.in_flight += (ctl.attachment(i).flags & table::kAttachVm) ? std::min<std::uint32_t>(diff, 32768) : diff % (d.depth + 1);
         a.reads += k.reads.load(std::memory_order_relaxed);
         a.writes += k.writes.load(std::memory_order_relaxed);
         a.others += k.others.load(std::memory_order_relaxed);
