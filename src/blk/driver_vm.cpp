@@ -63,6 +63,8 @@ void VmClientRun::read_config(std::uint32_t offset, std::byte* out, std::uint32_
 void VmClientRun::queue_changed(std::uint32_t q) {
   if (q >= watched_kick.size()) return;
   const int want = session && session->serving(q) && session->vring(q).kick ? session->vring(q).kick.get() : -1;
+  // (The session calls this before it closes a kick descriptor it replaces, so the number given
+  // up here is still that descriptor's.)
   if (watched_kick[q] == want) return;
   if (watched_kick[q] >= 0) driver->unwatch(watched_kick[q]);
   if (want >= 0) driver->watch(want);

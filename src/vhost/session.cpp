@@ -128,16 +128,17 @@ bool Session::ack(const MsgHeader& h, bool ok) {
   return reply(h, &status, sizeof status);
 }
 
-bool Session::start_queue(std::uint32_t q, std::string* why) {
+bool Session::start_queue(std::uint32_t q, std::string* why, bool running) {
   Vring& v = vrings_[q];
   if (!v.addr_set || v.num == 0) return *why = "queue " + std::to_string(q) + " kicked before its size and addresses", false;
   if (auto r = v.queue.configure(memory_.get(), v.num, v.addr.desc_user_addr, v.addr.avail_user_addr, v.addr.used_user_addr,
                                  (acked_features_ & kFEventIdx) != 0);
       !r)
     return *why = "queue " + std::to_string(q) + ": " + r.error().message(), false;
-  v.queue.set_base(v.base);
   if (inflight_ && q < inflight_->queues && v.num == inflight_->queue_size)
     v.queue.set_inflight(static_cast<std::byte*>(inflight_->base) + q * inflight_queue_bytes(v.num));
+  if (running) return true;  // (a running queue translated again: its positions and requests stand)
+  v.queue.set_base(v.base);
   if (const unsigned again = v.queue.start(); again > 0)
     IP_LOG_INFO("%s: queue %u: %u request(s) a previous back-end had taken are served again", name_.c_str(), q, again);
   v.started = true;
@@ -271,11 +272,8 @@ bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<Uniqu
       }
       memory_ = std::move(*mem);
       // Rings already running point into the old table: translated again.
-      for (std::uint32_t q = 0; q < vrings_.size(); ++q) {
-        if (!vrings_[q].started) continue;
-        vrings_[q].base = vrings_[q].queue.last_avail();
-        if (!start_queue(q, why)) return false;
-      }
+      for (std::uint32_t q = 0; q < vrings_.size(); ++q)
+        if (vrings_[q].started && !start_queue(q, why, /*running=*/true)) return false;
       IP_LOG_DEBUG("%s: guest memory %u region(s), %llu bytes", name_.c_str(), memory_->regions(),
                    static_cast<unsigned long long>(memory_->bytes()));
       return ack(h, true);
@@ -331,7 +329,14 @@ bool Session::dispatch(const MsgHeader& h, const std::byte* p, std::vector<Uniqu
       }
       if (h.request == kSetVringCall) vrings_[q].call = std::move(fd);
       else if (h.request == kSetVringErr) vrings_[q].err = std::move(fd);
-      else if (h.request == kSetVringKick) {
+      else if (h.request == kSetVringKick && vrings_[q].started) {
+        // A new kick descriptor for a running queue: the host lets go of the old one first.
+        vrings_[q].started = false;
+        host_->queue_changed(q);
+        vrings_[q].kick = std::move(fd);
+        vrings_[q].started = true;
+        host_->queue_changed(q);
+      } else if (h.request == kSetVringKick) {
         vrings_[q].kick = std::move(fd);
         if (!start_queue(q, why)) return false;
       }

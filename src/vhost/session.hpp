@@ -142,7 +142,9 @@ class Session {
   bool dispatch(const MsgHeader& h, const std::byte* payload, std::vector<UniqueFd>& fds, std::string* why);
   bool reply(const MsgHeader& h, const void* payload, std::uint32_t size, int fd = -1);
   bool ack(const MsgHeader& h, bool ok);
-  bool start_queue(std::uint32_t q, std::string* why);
+  // Configures queue q's rings from its addresses; `running`: only translated again (a new memory
+  // table), its positions kept.
+  bool start_queue(std::uint32_t q, std::string* why, bool running = false);
   void stop_queue(std::uint32_t q);
 
   UniqueFd sock_;
