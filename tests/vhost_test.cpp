@@ -764,3 +764,53 @@ TEST(VhostUser, AnotherUidIsRefused) {
 
 }  // namespace
 }  // namespace interpart
+
+namespace interpart {
+namespace {
+
+using namespace vhost;
+
+struct BusyHost final : SessionHost {
+  std::uint64_t device_features() const override { return kFVersion1; }
+  std::uint32_t max_queues() const override { return 1; }
+  void read_config(std::uint32_t, std::byte* out, std::uint32_t size) const override { std::memset(out, 0, size); }
+  void queue_changed(std::uint32_t) override {}
+  bool queue_busy(std::uint32_t) override { return busy; }
+  bool busy = true;
+};
+
+// GET_VRING_BASE stops a queue whose requests are still in flight: the answer (and everything the
+// front-end sent after it) waits until the host says the queue has drained, so the base is exact.
+TEST(VhostSession, GetVringBaseWaitsForTheQueueToDrain) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd vmm(sv[0]);
+  BusyHost host;
+  Session s(UniqueFd(sv[1]), &host, "t");
+  const MsgHeader base{kGetVringBase, kFlagVersion, sizeof(VringState)};
+  const VringState st{0, 0};
+  const MsgHeader feat{kGetFeatures, kFlagVersion, 0};
+  std::byte out[sizeof base + sizeof st + sizeof feat];
+  std::memcpy(out, &base, sizeof base);
+  std::memcpy(out + sizeof base, &st, sizeof st);
+  std::memcpy(out + sizeof base + sizeof st, &feat, sizeof feat);
+  ASSERT_EQ(::send(vmm.get(), out, sizeof out, 0), static_cast<ssize_t>(sizeof out));
+  std::string why;
+  ASSERT_TRUE(s.on_readable(&why)) << why;
+  EXPECT_TRUE(s.waiting_for_drain());
+  pollfd p{vmm.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 50), 0) << "answered before the queue drained";
+  host.busy = false;
+  ASSERT_TRUE(s.queue_drained(0, &why)) << why;
+  EXPECT_FALSE(s.waiting_for_drain());
+  MsgHeader h{};
+  VringState got{};
+  ASSERT_EQ(::recv(vmm.get(), &h, sizeof h, MSG_WAITALL), static_cast<ssize_t>(sizeof h));
+  EXPECT_EQ(h.request, kGetVringBase);
+  ASSERT_EQ(::recv(vmm.get(), &got, sizeof got, MSG_WAITALL), static_cast<ssize_t>(sizeof got));
+  ASSERT_EQ(::recv(vmm.get(), &h, sizeof h, MSG_WAITALL), static_cast<ssize_t>(sizeof h));
+  EXPECT_EQ(h.request, kGetFeatures) << "the message behind it is handled after the drain";
+}
+
+}  // namespace
+}  // namespace interpart

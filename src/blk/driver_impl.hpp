@@ -155,6 +155,7 @@ struct Driver::Impl {
   void serve_vm_sockets();
   void accept_vm(VmClientRun& vm);
   void end_session(VmClientRun& vm, const std::string& why);
+  void watch_session(VmClientRun& vm, bool input);  // EPOLLIN on its socket, or only hang-ups
   bool take_vm_requests(DeviceRun& d, VmClientRun& vm);
   void start_vm_request(DeviceRun& d, VmClientRun& vm, std::uint32_t q, const vhost::Chain& chain, std::int64_t now);
   void vm_part_done(std::uint32_t request, int status);

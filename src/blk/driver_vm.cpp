@@ -130,7 +130,9 @@ void Driver::Impl::serve_vm_sockets() {
       accept_vm(vm);
     } else if (vm.session) {
       std::string why;
-      if (!vm.session->on_readable(&why)) end_session(vm, why);
+      if (!vm.session->on_readable(&why)) end_session(vm, why);  // (also its hang-up, once its messages are read)
+      else if (vm.session->waiting_for_drain() && (evs[i].events & (EPOLLHUP | EPOLLERR))) end_session(vm, "it hung up");
+      else if (vm.session->waiting_for_drain()) watch_session(vm, false);  // (level-triggered: else it wakes us until then)
     }
   }
 }
@@ -166,6 +168,12 @@ void Driver::Impl::accept_vm(VmClientRun& vm) {
   ev.data.u64 = vm_tag(vm.device, vm.vm, true);
   ::epoll_ctl(vm_epoll.get(), EPOLL_CTL_ADD, sfd, &ev);
   IP_LOG_INFO("%s: front-end connected (pid %d, uid %u)", vm.name.c_str(), cred.pid, cred.uid);
+}
+
+void Driver::Impl::watch_session(VmClientRun& vm, bool input) {
+  epoll_event ev{input ? static_cast<std::uint32_t>(EPOLLIN | EPOLLRDHUP) : 0u, {}};
+  ev.data.u64 = vm_tag(vm.device, vm.vm, true);
+  ::epoll_ctl(vm_epoll.get(), EPOLL_CTL_MOD, vm.session->fd(), &ev);
 }
 
 void Driver::Impl::end_session(VmClientRun& vm, const std::string& why) {
@@ -324,9 +332,10 @@ void Driver::Impl::finish_vm_request(std::uint32_t request, std::uint8_t status)
     qc->cq_tail.count.store(qc->cq_tail.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     vm.session->vring(r.queue).queue.push(r.head, (status == vhost::kBlkOk ? r.written : 0) + 1);
     vm.interrupt[r.queue] = true;
-    if (--vm.in_flight[r.queue] == 0 && !vm.session->vring(r.queue).started) {
+    if (--vm.in_flight[r.queue] == 0 && !vm.session->vring(r.queue).started && vm.session->waiting_for_drain()) {
       std::string why;
       if (!vm.session->queue_drained(r.queue, &why)) end_session(vm, why);
+      else if (!vm.session->waiting_for_drain()) watch_session(vm, true);
     }
   }
   r.memory.reset();

@@ -125,6 +125,9 @@ class Session {
   // the messages behind it handled). False as on_readable.
   bool queue_drained(std::uint32_t q, std::string* why);
 
+  // A GET_VRING_BASE waits for a queue to drain: nothing more is read until then (the caller
+  // stops watching for input meanwhile).
+  bool waiting_for_drain() const { return pending_base_ >= 0; }
   std::uint32_t queues() const { return static_cast<std::uint32_t>(vrings_.size()); }
   Vring& vring(std::uint32_t q) { return vrings_[q]; }
   bool serving(std::uint32_t q) const {
